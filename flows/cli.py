@@ -1,0 +1,97 @@
+"""The ``dcam`` command line.
+
+Each area registers its commands from its own module (``flows/cli_*.py``) so
+that heavy libraries (torch, transformers, prefect) are imported only by the
+command that needs them and ``dcam --help`` stays fast. Errors caused by the
+user's input are printed as one line (``dcam: error: ...``) with a non-zero exit
+status and no traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+import typer
+
+from schemas.errors import DcamError
+
+# Offline by construction: nothing in this tool may reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+
+app = typer.Typer(
+    name="dcam",
+    help=(
+        "Diffusion-CAM: where in the image a diffusion multimodal LLM looked when it wrote each word.\n\n"
+        "Pipeline: data -> capture (model, GPU at scale) -> explain (select, Grad-CAM, AKD/DACG/CBA/SICD; CPU) "
+        "-> score -> report. Every stage writes an artifact directory with a manifest.json."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+#: Modules that contribute commands, each with ``register(app)``.
+COMMAND_MODULES = (
+    "flows.cli_data",
+    "flows.cli_toy",
+    "flows.cli_capture",
+    "flows.cli_explain",
+    "flows.cli_score",
+    "flows.cli_report",
+    "flows.cli_run",
+)
+
+
+def _register_all() -> None:
+    for name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:  # an area not built yet
+                continue
+            raise
+        mod.register(app)
+
+
+_register_all()
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print a one-line error and exit."""
+    print(f"dcam: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``dcam`` console script."""
+    try:
+        rv = app(args=argv, prog_name="dcam", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as e:
+        click.echo(e.ctx.get_help() if e.ctx else "")
+        raise SystemExit(0)
+    except click.exceptions.UsageError as e:
+        hint = f" (see 'dcam {e.ctx.command_path.split(' ', 1)[1]} --help')" if e.ctx and " " in e.ctx.command_path else " (see 'dcam --help')"
+        fail(e.format_message().replace("\n", " ") + hint, 2)
+    except click.exceptions.Abort:
+        fail("aborted", 130)
+    except DcamError as e:
+        fail(str(e), 1)
+    except FileNotFoundError as e:
+        fail(f"file not found: {e.filename or e}", 1)
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+    if isinstance(rv, int) and rv != 0:
+        raise SystemExit(rv)
+
+
+if __name__ == "__main__":
+    main()
