@@ -14,6 +14,7 @@ from stages.synth.render import (
     parse_caption,
     render_scene,
 )
+from stages.synth.write import write_dataset
 
 __all__ = [
     "CATEGORIES",
@@ -24,4 +25,5 @@ __all__ = [
     "caption_for",
     "parse_caption",
     "render_scene",
+    "write_dataset",
 ]

@@ -221,26 +221,27 @@ def _background(rng: np.random.Generator, ys: np.ndarray, xs: np.ndarray) -> np.
 
 
 def _clutter(rng: np.random.Generator, image: np.ndarray, keep_out: np.ndarray) -> None:
-    """Draw 1-4 small grey or dark specks or short thin lines into ``image`` (in place), outside ``keep_out``."""
+    """Draw 1-4 small grey or dark specks or short thin lines into ``image`` (in place), each clear of ``keep_out``."""
     size = image.shape[0]
     scale = size / _REFERENCE_SIZE
     for _ in range(rng.integers(1, 5)):
         value = rng.uniform(20.0, 200.0)
-        y, x = rng.integers(0, size, 2)
-        if rng.random() < 0.5:
-            side = max(1, int(round(rng.integers(2, 5) * scale)))
+        for _ in range(_TRIES_PER_OBJECT):  # a speck that would touch an object is moved, never clipped
+            y, x = rng.integers(0, size, 2)
             patch = np.zeros((size, size), dtype=bool)
-            patch[y : y + side, x : x + side] = True
-        else:
-            length = rng.uniform(4.0, 9.0) * scale
-            angle = rng.uniform(0.0, np.pi)
-            t = np.linspace(0.0, length, int(np.ceil(length)) * 2 + 1)
-            py = np.clip(np.round(y + t * np.sin(angle)).astype(np.int64), 0, size - 1)
-            px = np.clip(np.round(x + t * np.cos(angle)).astype(np.int64), 0, size - 1)
-            patch = np.zeros((size, size), dtype=bool)
-            patch[py, px] = True
-        patch &= ~keep_out
-        image[patch] = value
+            if rng.random() < 0.5:
+                side = max(1, int(round(rng.integers(2, 5) * scale)))
+                patch[y : y + side, x : x + side] = True
+            else:
+                length = rng.uniform(4.0, 9.0) * scale
+                angle = rng.uniform(0.0, np.pi)
+                t = np.linspace(0.0, length, int(np.ceil(length)) * 2 + 1)
+                py = np.clip(np.round(y + t * np.sin(angle)).astype(np.int64), 0, size - 1)
+                px = np.clip(np.round(x + t * np.cos(angle)).astype(np.int64), 0, size - 1)
+                patch[py, px] = True
+            if not (patch & keep_out).any():
+                image[patch] = value
+                break
 
 
 def _place(rng, shapes, ys, xs, *, size, gap, min_dx):
