@@ -13,7 +13,6 @@ import importlib
 import os
 import sys
 
-import click
 import typer
 
 from schemas.errors import DcamError
@@ -71,24 +70,33 @@ def fail(message: str, code: int = 2) -> None:
     raise SystemExit(code)
 
 
+def _is(exc: BaseException, name: str) -> bool:
+    # typer >= 0.29 vendors its own click (typer._click), so match click's exception classes by name.
+    return any(c.__name__ == name for c in type(exc).__mro__)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``dcam`` console script."""
     try:
         rv = app(args=argv, prog_name="dcam", standalone_mode=False)
-    except click.exceptions.NoArgsIsHelpError as e:
-        click.echo(e.ctx.get_help() if e.ctx else "")
-        raise SystemExit(0)
-    except click.exceptions.UsageError as e:
-        hint = f" (see 'dcam {e.ctx.command_path.split(' ', 1)[1]} --help')" if e.ctx and " " in e.ctx.command_path else " (see 'dcam --help')"
-        fail(e.format_message().replace("\n", " ") + hint, 2)
-    except click.exceptions.Abort:
-        fail("aborted", 130)
     except DcamError as e:
         fail(str(e), 1)
     except FileNotFoundError as e:
         fail(f"file not found: {e.filename or e}", 1)
     except KeyboardInterrupt:
         fail("interrupted", 130)
+    except Exception as e:
+        if _is(e, "NoArgsIsHelpError"):
+            ctx = getattr(e, "ctx", None)
+            print(ctx.get_help() if ctx else "")
+            raise SystemExit(0)
+        if _is(e, "UsageError"):
+            ctx = getattr(e, "ctx", None)
+            path = ctx.command_path if ctx else "dcam"
+            fail(f"{e.format_message()} (see '{path} --help')".replace("\n", " "), 2)
+        if _is(e, "Abort"):
+            fail("aborted", 130)
+        raise
     if isinstance(rv, int) and rv != 0:
         raise SystemExit(rv)
 
