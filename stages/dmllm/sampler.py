@@ -1,0 +1,198 @@
+"""Masked-diffusion sampling with low-confidence remasking (LLaDA, Nie et al. 2025, Alg. 5; semi-autoregressive
+blocks as in LLaDA's ``generate.py``, reused by LaViDa, LLaDA-V and MMaDA).
+
+The sampler knows nothing about the model: it calls ``logits_fn(x)`` on the current answer state ``x`` of shape
+(1, gen_length) and gets logits of shape (1, gen_length, V). It records the whole trajectory (state before
+every step, which positions were unmasked when and with what confidence) so a capture stage can replay any
+step with gradients.
+
+Per step, within the current block: predict every masked position (argmax of the logits, with Gumbel noise
+when ``temperature > 0``), score each prediction (its softmax probability for ``"low_confidence"``, a uniform
+draw for ``"random"``), and commit the ``k`` highest-scoring masked positions of the block, where ``k``
+follows LLaDA's even split of the block's masked count over its steps (:func:`num_transfer_tokens`).
+Positions after the current block score −inf and are never committed early.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+REMASKING = ("low_confidence", "random")
+
+
+@dataclass
+class Trajectory:
+    """What :func:`masked_diffusion_sample` did.
+
+    Attributes
+    ----------
+    states : LongTensor of shape (steps + 1, gen_length)
+        ``states[s]`` is the answer before step ``s``; ``states[steps]`` is the final answer.
+    unmask_step : LongTensor of shape (gen_length,)
+        Step at which each position was committed.
+    confidence : FloatTensor of shape (gen_length,)
+        The score (probability for ``"low_confidence"``) each position had when it was committed.
+    transfer : list of LongTensor
+        ``transfer[s]`` holds the positions committed at step ``s`` (ascending).
+    final : LongTensor of shape (gen_length,)
+        Equal to ``states[-1]``.
+    """
+
+    states: torch.Tensor
+    unmask_step: torch.Tensor
+    confidence: torch.Tensor
+    transfer: list[torch.Tensor]
+    final: torch.Tensor
+
+    @property
+    def steps(self) -> int:
+        """Number of denoising steps."""
+        return len(self.transfer)
+
+
+def num_transfer_tokens(num_masked: int, steps: int) -> list[int]:
+    """How many of a block's masked positions to commit at each of its steps (LLaDA ``get_num_transfer_tokens``).
+
+    The count is split evenly; the remainder goes to the first steps.
+
+    Examples
+    --------
+    >>> num_transfer_tokens(8, 3)
+    [3, 3, 2]
+    """
+    if steps < 1:
+        raise ValueError(f"steps: must be >= 1, got {steps}")
+    base, remainder = divmod(num_masked, steps)
+    return [base + 1 if i < remainder else base for i in range(steps)]
+
+
+def add_gumbel_noise(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Gumbel-max perturbation of ``logits`` as in LLaDA: ``exp(logits) / (-log u) ** temperature`` in float64.
+
+    Its argmax is a sample from ``softmax(logits / temperature)``; ``temperature == 0`` returns ``logits``.
+    """
+    if temperature == 0:
+        return logits
+    logits = logits.to(torch.float64)
+    u = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=generator)
+    return logits.exp() / (-torch.log(u)) ** temperature
+
+
+def validate_schedule(
+    *, gen_length: int, steps: int, block_length: int, temperature: float = 0.0, remasking: str = "low_confidence"
+) -> int:
+    """Check the sampler's schedule arguments and return the number of blocks.
+
+    Raises
+    ------
+    ValueError
+        Naming the bad parameter (see :func:`masked_diffusion_sample`).
+    """
+    if gen_length < 1:
+        raise ValueError(f"gen_length: must be >= 1, got {gen_length}")
+    if block_length < 1 or gen_length % block_length:
+        raise ValueError(f"block_length: must divide gen_length {gen_length}, got {block_length}")
+    num_blocks = gen_length // block_length
+    if steps < 1 or steps % num_blocks:
+        raise ValueError(f"steps: must be a positive multiple of the number of blocks {num_blocks}, got {steps}")
+    if temperature < 0:
+        raise ValueError(f"temperature: must be >= 0, got {temperature}")
+    if remasking not in REMASKING:
+        raise ValueError(f"remasking: expected one of {REMASKING}, got {remasking!r}")
+    return num_blocks
+
+
+def masked_diffusion_sample(
+    logits_fn: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    gen_length: int,
+    mask_id: int,
+    steps: int,
+    block_length: int,
+    temperature: float = 0.0,
+    remasking: str = "low_confidence",
+    generator: torch.Generator | None = None,
+    forbid_ids: Sequence[int] = (),
+    grad: bool = False,
+) -> Trajectory:
+    """Fill ``gen_length`` masked positions in ``steps`` steps (module docstring).
+
+    Parameters
+    ----------
+    logits_fn : callable
+        ``logits_fn(x)``, ``x`` LongTensor of shape (1, gen_length) → logits of shape (1, gen_length, V).
+    gen_length : int
+        Answer length.
+    mask_id : int
+        The mask token; the answer starts as all ``mask_id``. It can never be predicted.
+    steps : int
+        Total denoising steps; a multiple of the number of blocks. A block with more steps than positions
+        commits nothing at its last steps, as in LLaDA.
+    block_length : int
+        Semi-autoregressive block size; divides ``gen_length`` (``gen_length`` = one block).
+    temperature : float
+        0 = greedy; > 0 samples with Gumbel noise drawn from ``generator``.
+    remasking : {"low_confidence", "random"}
+        How the committed positions are chosen among the block's masked ones.
+    generator : torch.Generator, optional
+        Source of all randomness (Gumbel noise, random scores); the same seed gives the same trajectory.
+    forbid_ids : sequence of int
+        Further token ids that may not be predicted (their logits are set to −inf), besides ``mask_id``.
+    grad : bool
+        False (default) runs under ``torch.no_grad()``; True leaves the caller's grad mode alone.
+
+    Returns
+    -------
+    Trajectory
+
+    Raises
+    ------
+    ValueError
+        If ``block_length`` does not divide ``gen_length``, the number of blocks does not divide ``steps``, or
+        another argument is out of range (the message names it).
+    """
+    num_blocks = validate_schedule(
+        gen_length=gen_length, steps=steps, block_length=block_length, temperature=temperature, remasking=remasking
+    )
+    steps_per_block = steps // num_blocks
+    banned = sorted({int(mask_id), *(int(i) for i in forbid_ids)})
+
+    with contextlib.nullcontext() if grad else torch.no_grad():
+        x = torch.full((1, gen_length), mask_id, dtype=torch.long)
+        states = [x[0].clone()]
+        transfer: list[torch.Tensor] = []
+        unmask_step = torch.full((gen_length,), -1, dtype=torch.long)
+        confidence = torch.zeros(gen_length, dtype=torch.float32)
+        position = torch.arange(gen_length)
+        for block in range(num_blocks):
+            lo, hi = block * block_length, (block + 1) * block_length
+            schedule = num_transfer_tokens(int((x[0, lo:hi] == mask_id).sum()), steps_per_block)
+            for k in schedule:
+                step = len(transfer)
+                logits = logits_fn(x).detach()
+                if logits.shape[:2] != (1, gen_length):
+                    raise ValueError(f"logits_fn: returned shape {tuple(logits.shape)}, expected (1, {gen_length}, V)")
+                logits = logits.clone()
+                logits[..., banned] = float("-inf")
+                x0 = add_gumbel_noise(logits, temperature, generator).argmax(-1)
+                if remasking == "low_confidence":
+                    score = torch.softmax(logits.to(torch.float64), dim=-1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+                else:
+                    score = torch.rand(x0.shape, dtype=torch.float64, generator=generator)
+                masked = x == mask_id
+                score = torch.where(masked & (position < hi), score, torch.full_like(score, float("-inf")))
+                chosen = torch.topk(score[0], k).indices.sort().values
+                x = x.clone()
+                x[0, chosen] = x0[0, chosen]
+                unmask_step[chosen] = step
+                confidence[chosen] = score[0, chosen].float()
+                transfer.append(chosen)
+                states.append(x[0].clone())
+    final = x[0].clone()
+    return Trajectory(
+        states=torch.stack(states), unmask_step=unmask_step, confidence=confidence, transfer=transfer, final=final
+    )
