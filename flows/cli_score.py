@@ -78,7 +78,8 @@ def score_map_command(
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in scores.items():
-        table.add_row(name, "nan" if np.isnan(value) else f"{value:.4f}")
+        shown = "nan" if np.isnan(value) else f"{int(value)}" if name in ("label", "otsu_threshold") else f"{value:.4f}"
+        table.add_row(name, shown)
     Console().print(table)
 
 

@@ -24,7 +24,7 @@ from stages.ingest import (
     read_ingested,
 )
 from stages.ingest.loaders import rle_counts
-from stages.ingest.words import EXTENDED_FUNCTION_CLASSES
+from stages.ingest.words import EXTENDED_FUNCTION_CLASSES, grounding_at
 
 # ------------------------------------------------------------------------------------ fixture writers
 
@@ -361,3 +361,13 @@ def test_grandf_phrases_head_noun_then_any_word():
     assert classify_word("a", groundings, phrases=True) == ("function", None)
     # Without phrases=True only whole names, synonyms and head nouns match.
     assert classify_word("man", groundings) == ("other", None)
+
+
+def test_grounding_at_uses_token_positives():
+    caption = "A man in a red shirt walks two dogs."
+    spans = [(0, 20, 1), (27, 35, 2)]
+    assert grounding_at(caption.index("shirt"), caption.index("shirt") + 5, spans) == 1
+    assert grounding_at(caption.index("dogs"), caption.index("dogs") + 4, spans) == 2
+    assert grounding_at(caption.index("walks"), caption.index("walks") + 5, spans) is None
+    with pytest.raises(ValueError, match="start, end"):
+        grounding_at(5, 5, spans)

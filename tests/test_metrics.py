@@ -101,8 +101,11 @@ def test_otsu_hand_cases():
     # Two values: every t in [10, 199] separates them perfectly; ties go to the smallest t, as cv2.
     img = np.array([[10, 10, 200, 200]], dtype=np.uint8)
     assert otsu_threshold_uint8(img) == 10
-    # Values 0, 1, 2 once each: t=0 and t=1 both give between-class variance 1/3 * 2/3 * 1.5**2 = 0.5 -> 0.
-    assert otsu_threshold_uint8(np.array([[0, 1, 2]], dtype=np.uint8)) == 0
+    # Values 0, 1, 2 once each: t=0 and t=1 both give between-class variance 0.5 in exact arithmetic, but
+    # OpenCV's floating-point recurrence makes t=1's larger by an ulp, and cv2 returns 1 (checked, 4.10 and 5.0).
+    assert otsu_threshold_uint8(np.array([[0, 1, 2]], dtype=np.uint8)) == 1
+    # 20 x 0, 15 x 28, 20 x 56: both splits give exactly 448.0 in doubles; strict ">" keeps the first, 0.
+    assert otsu_threshold_uint8(np.repeat(np.array([0, 28, 56], np.uint8), [20, 15, 20]).reshape(55, 1)) == 0
     # 0,0,0,1,2,9: t=0 -> 0.5*0.5*(0-4)**2=4; t=1 -> (4/6)(2/6)(.25-5.5)**2=6.125; t=2 -> (5/6)(1/6)(.6-9)**2=9.8.
     assert otsu_threshold_uint8(np.array([[0, 0, 0, 1, 2, 9]], dtype=np.uint8)) == 2
     # A constant image has no valid split: cv2 returns 0.

@@ -17,7 +17,7 @@ from stages.ingest.loaders import (
     load_tam_anno,
     read_ingested,
 )
-from stages.ingest.words import classify_word, normalise_word
+from stages.ingest.words import classify_word, grounding_at, normalise_word
 
 __all__ = [
     "FORMATS",
@@ -26,6 +26,7 @@ __all__ = [
     "Sample",
     "classify_word",
     "detect_format",
+    "grounding_at",
     "ingest",
     "load_coco",
     "load_coco_tam",

@@ -18,6 +18,9 @@ Matching rule of a word against ``categories`` (name -> label), with priorities 
 3. only with ``phrases=True`` (GranDf groundings, TAM anno.json names): the word appears anywhere in the
    phrase, function words excluded, e.g. "red" -> "a red car".
 
+For a reference caption, whose characters the groundings' ``token_positives`` index, :func:`grounding_at`
+matches by position instead.
+
 Among candidates of the same priority the smallest label wins (the first grounding of a GranDf caption, the
 smaller COCO id). So "dog" names dog (exact, priority 0) and not hot dog (head noun, priority 2), and "bear"
 names bear, not teddy bear. Object matches are tried before function words, so a dataset may name a
@@ -28,7 +31,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 #: Penn Treebank classes TAM counts as function words (``eval.py``).
 TAM_FUNCTION_CLASSES = frozenset({"CC", "DT", "EX", "MD", "POS", "PRP", "PRP$", "UH", "WDT", "WP", "WP$", "WRB"})
@@ -273,3 +276,29 @@ def classify_word(
     if FUNCTION_WORDS.get(lowered) in function_classes:
         return ("function", None)
     return ("other", None)
+
+
+def grounding_at(start: int, end: int, spans: Sequence[tuple[int, int, int]]) -> int | None:
+    """The grounding a character span of the *reference* caption lies in (GranDf ``token_positives``).
+
+    For a teacher-forced reference caption the position decides, not the spelling: a word at characters
+    ``[start, end)`` belongs to the first grounding whose ``[char_start, char_end)`` overlaps it.
+
+    Parameters
+    ----------
+    start, end : int
+        The word's character span in the caption, ``start < end``.
+    spans : sequence of (char_start, char_end, label)
+        The groundings' ``token_positives`` and labels, e.g. from ``Sample.objects``.
+
+    Returns
+    -------
+    int or None
+        The label, or None when no grounding overlaps.
+    """
+    if not 0 <= start < end:
+        raise ValueError(f"start, end: expected 0 <= start < end, got [{start}, {end})")
+    for char_start, char_end, label in spans:
+        if start < char_end and char_start < end:
+            return int(label)
+    return None
