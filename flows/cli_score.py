@@ -10,7 +10,7 @@ import typer
 
 from schemas.errors import DcamError
 
-FORMATS = ("coco-tam", "coco", "grandf", "tam-anno", "synthetic")
+FORMATS = ("coco-tam", "coco", "grandf", "tam-anno", "synthetic", "ingested")
 #: How many rejection reasons ``dcam ingest`` prints.
 SHOWN_REASONS = 5
 

@@ -278,6 +278,8 @@ def test_ingest_round_trip_with_16_bit_labels(tmp_path):
     np.testing.assert_array_equal(load_mask(back[0]), seg)  # 300 survives the PNG
     with pytest.raises(DcamError, match="not empty"):
         ingest(root, tmp_path / "out")
+    assert detect_format(tmp_path / "out") == "ingested"
+    assert [s.sample_id for s in load_dataset(tmp_path / "out").samples] == ["t1"]
     assert ingest(root, tmp_path / "out", overwrite=True, limit=1).n_ok == 1
     with pytest.raises(DcamError, match="not by ingest"):
         read_ingested(_synthetic(tmp_path))

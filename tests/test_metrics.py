@@ -353,6 +353,16 @@ def test_summary_is_f3_of_means_not_mean_of_f3():
     assert g["pointing_accuracy"] == 0.0 and math.isnan(g["f1_iou"])
 
 
+def test_summary_prefixed_families():
+    rows = long_rows({"response_obj_iou": 0.3, "response_contrast": 3.0, "response_concentration": 0.5,
+                      "response_f3": 0.7, "pointing_hit_word": 0.0, "obj_iou_word": 0.2},
+                     sample_id="a", target=-1, word="", method="m", step=0, layer=10)
+    summary = summarise(frame(rows)).iloc[0]
+    assert summary["response_f3"] == pytest.approx(0.25)  # recomputed, the per-map 0.7 is ignored
+    assert summary["pointing_accuracy_word"] == 0.0 and summary["obj_iou_word"] == 0.2
+    assert "f3_word" not in summary.index and "pointing_hit_word" not in summary.index
+
+
 def test_summary_by_layer_and_validation():
     df = _rows()
     df.loc[df["sample_id"] == "b", "layer"] = 20

@@ -17,6 +17,9 @@ Formats (``method.md`` §2.5, §1.6):
 ``tam-anno``
     TAM's ``anno.json`` (GranDf, OpenPSG): a list of ``[image, caption, seg_png, {name: label}]`` with
     paths relative to the file's directory.
+``ingested``
+    The output of :func:`ingest` (``samples.jsonl`` + ``masks/``), read back by :func:`read_ingested`, so
+    later stages take a raw dataset or an ingested one alike.
 
 Every loader returns a :class:`LoadResult` ``(samples, rejected)``. File-level problems (a missing or
 malformed annotation file) raise :class:`~schemas.errors.DcamError`; a bad record (missing image or mask
@@ -30,7 +33,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -49,7 +52,7 @@ from schemas.manifest import (
     write_manifest,
 )
 
-FORMATS = ("coco-tam", "coco", "grandf", "tam-anno", "synthetic")
+FORMATS = ("coco-tam", "coco", "grandf", "tam-anno", "synthetic", "ingested")
 STAGE_VERSION = "1.0"
 SAMPLES_FILE = "samples.jsonl"
 MASKS_DIR = "masks"
@@ -206,7 +209,7 @@ def rle_counts(counts: str) -> list[int]:
     ----------
     counts : str
         Characters ``'0'..'o'`` (ASCII 48..111), 5 bits per character with a continuation bit; runs from the
-        third on are stored as differences to the run two before.
+        fourth on are stored as differences to the run two before.
 
     Returns
     -------
@@ -247,9 +250,12 @@ def _normalise_rle(segmentation: Any, height: int, width: int) -> dict:
     import pycocotools.mask as mask_utils
 
     if isinstance(segmentation, list):  # polygons [[x0, y0, x1, y1, ...], ...]
-        polygons = [p for p in segmentation if isinstance(p, list)]
-        if not polygons or len(polygons) != len(segmentation) or any(len(p) < 6 or len(p) % 2 for p in polygons):
-            raise _Rejected("polygon segmentation needs lists of >= 3 (x, y) points")
+        if not all(isinstance(p, list) and len(p) % 2 == 0 for p in segmentation):
+            raise _Rejected("polygon segmentation must be lists of (x, y) coordinate pairs")
+        # Parts with fewer than 3 points have no area; pycocotools would read a 4-number part as a box.
+        polygons = [p for p in segmentation if len(p) >= 6]
+        if not polygons:
+            raise _Rejected("polygon segmentation has no polygon with >= 3 points")
         try:
             rle = mask_utils.merge(mask_utils.frPyObjects([[float(v) for v in p] for p in polygons], height, width))
         except (TypeError, ValueError) as e:
@@ -695,7 +701,8 @@ def detect_format(path: str | os.PathLike) -> str:
     """Tell the dataset format from the files present.
 
     A directory is ``synthetic`` (a ``dataset`` manifest plus the coco-tam files), ``coco-tam``
-    (``annotations/instances_minival2014.json``) or ``tam-anno`` (``anno.json``). A JSON file is ``coco``
+    (``annotations/instances_minival2014.json``), ``tam-anno`` (``anno.json``) or ``ingested``
+    (``samples.jsonl`` and a manifest). A JSON file is ``coco``
     (an object with ``images``, ``annotations`` and ``categories``), ``grandf`` (records with
     ``groundings``) or ``tam-anno`` (a list of 4-element lists).
 
@@ -721,9 +728,12 @@ def detect_format(path: str | os.PathLike) -> str:
             return "coco-tam"
         if (path / TAM_ANNO).is_file():
             return "tam-anno"
+        if (path / SAMPLES_FILE).is_file() and (path / MANIFEST_FILE).is_file():
+            return "ingested"
         raise DcamError(
-            f"{path}: cannot tell the dataset format: no {TAM_INSTANCES} (coco-tam, synthetic) or {TAM_ANNO} "
-            f"(tam-anno) there; for raw COCO pass --instances/--captions/--images, for GranDf the JSON file"
+            f"{path}: cannot tell the dataset format: no {TAM_INSTANCES} (coco-tam, synthetic), {TAM_ANNO} "
+            f"(tam-anno) or {SAMPLES_FILE} (ingested) there; for raw COCO pass --instances/--captions/--images, "
+            f"for GranDf the JSON file"
         )
     if path.is_file():
         data = _read_json(path)
@@ -794,6 +804,9 @@ def load_dataset(
         return load_tam_anno(path, limit=limit)
     if fmt == "synthetic":
         return load_synthetic(path, limit=limit)
+    if fmt == "ingested":
+        _check_limit(limit)
+        return LoadResult(read_ingested(path)[:limit], [])
     return load_coco_tam(path, limit=limit)
 
 
@@ -891,7 +904,7 @@ def ingest(
     (out / SAMPLES_FILE).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
 
     source = {"instances": instances, "captions": captions, "images": images, "path": path}
-    inputs = {"dataset": input_ref(path, kind="dataset")} if fmt == "synthetic" else {}
+    inputs = {"dataset": input_ref(path, kind="dataset")} if fmt in ("synthetic", "ingested") else {}
     manifest = StageManifest(
         kind="dataset",
         schema_version=ARTIFACT_SCHEMA_VERSIONS["dataset"],

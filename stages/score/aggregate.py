@@ -11,6 +11,10 @@ way the papers compute them, from the dataset-level means:
   pooled over all words of all samples (TAM, ``method.md`` §2.4);
 * ``pointing_accuracy`` = hits / (hits + misses), the mean of ``pointing_hit`` over maps with a
   non-empty object.
+
+Metric families that share a prefix or suffix get the same treatment: ``response_obj_iou``,
+``response_contrast`` and ``response_concentration`` give ``response_f3``; ``pointing_hit_word`` gives
+``pointing_accuracy_word``.
 """
 
 from __future__ import annotations
@@ -26,8 +30,6 @@ from stages.score.metrics import f1_iou, f3
 
 #: Columns of the long-format metrics table, in order.
 LONG_COLUMNS = ("sample_id", "target", "word", "method", "step", "layer", "metric", "value")
-#: Metrics whose per-map values are not averaged into the summary (they are recomputed from means).
-_COMPOSITES = ("f3", "f1_iou")
 #: Per-map values of :func:`~stages.score.metrics.score_map` that are bookkeeping, not metrics.
 _NOT_METRICS = ("label", "otsu_threshold")
 
@@ -74,7 +76,8 @@ def summarise(df: pd.DataFrame, *, by: Sequence[str] = ("method",)) -> pd.DataFr
     ----------
     df : DataFrame
         Columns :data:`LONG_COLUMNS`; NaN values (e.g. the pointing game on an empty mask) are left out
-        of the means.
+        of the means, and so are per-map ``f3`` / ``*_f3`` / ``f1_iou`` rows and the bookkeeping values
+        ``label`` and ``otsu_threshold``.
     by : sequence of str, default ("method",)
         Grouping columns, e.g. ``("method", "layer")`` for a layer sweep.
 
@@ -84,7 +87,8 @@ def summarise(df: pd.DataFrame, *, by: Sequence[str] = ("method",)) -> pd.DataFr
         One row per group: the grouping columns, ``n_samples``, ``n_maps`` (distinct (sample, target)
         pairs), the mean of every metric (named as the metric), ``f3`` when ``obj_iou``, ``contrast`` and
         ``concentration`` are present, ``f1_iou`` when ``tam_obj_iou`` and ``func_iou`` are, and
-        ``pointing_accuracy`` when ``pointing_hit`` is. Sorted by the grouping columns.
+        ``pointing_accuracy`` in place of ``pointing_hit`` (likewise for prefixed and suffixed families,
+        see the module docstring). Sorted by the grouping columns.
     """
     _check_long(df)
     by = list(by)
@@ -93,19 +97,22 @@ def summarise(df: pd.DataFrame, *, by: Sequence[str] = ("method",)) -> pd.DataFr
         raise ValueError(f"by: unknown column(s) {', '.join(unknown)}")
     if df.empty:
         return pd.DataFrame(columns=[*by, "n_samples", "n_maps"])
-    data = df[~df["metric"].isin(_COMPOSITES + _NOT_METRICS)]
+    # Per-map composites are never averaged: the summary recomputes them from the means.
+    composite = df["metric"].str.contains(r"(?:^|_)f3(?:_|$)") | (df["metric"] == "f1_iou")
+    data = df[~composite & ~df["metric"].isin(_NOT_METRICS)]
     means = data.pivot_table(index=by, columns="metric", values="value", aggfunc="mean", dropna=False)
     means.columns.name = None
     n_samples = df.groupby(by)["sample_id"].nunique().rename("n_samples")
     n_maps = df.drop_duplicates([*by, "sample_id", "target"]).groupby(by).size().rename("n_maps")
     out = pd.concat([n_samples, n_maps], axis=1).join(means)
-    if {"obj_iou", "contrast", "concentration"} <= set(out.columns):
-        out["f3"] = f3(out["obj_iou"].to_numpy(), out["contrast"].to_numpy(), out["concentration"].to_numpy())
+    for name in list(out.columns):
+        if "obj_iou" in name and not name.startswith("tam_"):
+            c, k = name.replace("obj_iou", "contrast"), name.replace("obj_iou", "concentration")
+            if c in out.columns and k in out.columns:
+                out[name.replace("obj_iou", "f3")] = f3(out[name].to_numpy(), out[c].to_numpy(), out[k].to_numpy())
     if {"tam_obj_iou", "func_iou"} <= set(out.columns):
         out["f1_iou"] = f1_iou(out["tam_obj_iou"].to_numpy(), out["func_iou"].to_numpy())
-    if "pointing_hit" in out.columns:
-        out["pointing_accuracy"] = out["pointing_hit"]
-        out = out.drop(columns="pointing_hit")
+    out = out.rename(columns={n: n.replace("pointing_hit", "pointing_accuracy") for n in out.columns if "pointing_hit" in n})
     return out.reset_index().sort_values(by, kind="stable").reset_index(drop=True)
 
 
