@@ -43,6 +43,7 @@ COMMAND_MODULES = (
     "flows.cli_data",
     "flows.cli_toy",
     "flows.cli_capture",
+    "flows.cli_inspect",
     "flows.cli_explain",
     "flows.cli_refine",
     "flows.cli_score",

@@ -1,0 +1,105 @@
+"""``dcam capture`` and ``dcam models``: the model-facing stage (GPU at real scale)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from schemas.errors import DcamError
+
+
+def _parse_layers(layers: str | None) -> list[int] | None:
+    if not layers:
+        return None
+    try:
+        return [int(x) for x in layers.split(",") if x.strip()]
+    except ValueError:
+        raise DcamError(f"--layers must be comma-separated integers, got {layers!r}") from None
+
+
+def capture(
+    data: Path = typer.Option(..., "--data", help="Dataset directory (COCO Caption/TAM layout, GranDf, or 'dcam data synth' output)."),
+    out: Path = typer.Option(..., "--out", help="Capture store to write (a Zarr v3 directory); an interrupted run with the same settings resumes."),
+    model: str = typer.Option("toy", "--model", help="FAMILY[:PATH]: 'toy' (embedded) or e.g. lavida-llada:/ckpt; see 'dcam models'."),
+    layers: str = typer.Option(None, "--layers", help="Blocks to hook, comma-separated (negative counts from the end); default: the middle block. The last block is refused (zero gradient at image positions)."),
+    steps: int = typer.Option(None, "--steps", help="Denoising steps (default: the model's)."),
+    block_length: int = typer.Option(None, "--block-length", help="Semi-autoregressive block length; must divide the generation length (default: one block)."),
+    mode: str = typer.Option("full", "--mode", help="full: recompute prompt+image+answer every step (LLaDA-V/MMaDA); prefix-cache: image encoded once, gradients flow through the cache (LaViDa)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed (per sample, derived from seed and sample id)."),
+    temperature: float = typer.Option(0.0, "--temperature", help="Gumbel-noise temperature of the sampler (0 = greedy)."),
+    score: str = typer.Option("logit", "--score", help="logit: each word's token logit at its position (paper intent); contrastive: the official code's vocabulary-sum of token 2 minus token 1."),
+    limit: int = typer.Option(None, "--limit", help="Capture only the first N samples."),
+    store_grads: bool = typer.Option(False, "--store-grads", help="Also store full per-position gradients (T x N x D per step; large)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing capture store at --out first."),
+) -> None:
+    """Run the model's masked-diffusion sampler, hook blocks, and store activations and gradients.
+
+    Per sample and step: the token state, the positions unmasked and their confidences, whether each hooked
+    forward contains the whole image span (feasibility); for attribution steps and the hooked layers: image-span
+    activations (fp16) and, per target (each generated word and the whole response), Grad-CAM channel weights,
+    positive-gradient channel weights, per-position gradient x activation and the model's own logits (TAM).
+    Exit status: 0 if every sample was captured, 3 if some failed (reasons in 'dcam inspect').
+    """
+    if limit is not None and limit < 1:
+        raise DcamError(f"--limit must be >= 1, got {limit}")
+    if steps is not None and steps < 1:
+        raise DcamError(f"--steps must be >= 1, got {steps}")
+    if mode not in ("full", "prefix-cache"):
+        raise DcamError(f"--mode must be 'full' or 'prefix-cache', got {mode!r}")
+    if score not in ("logit", "contrastive"):
+        raise DcamError(f"--score must be 'logit' or 'contrastive', got {score!r}")
+    if not data.exists():
+        raise DcamError(f"--data: {data} does not exist")
+    from stages.capture.registry import parse_model_spec
+
+    parse_model_spec(model)  # fail fast, before torch is imported
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DcamError(f"--device {device}: CUDA is not available on this machine")
+
+    from flows.progress import progress_bar
+    from stages.capture.core import CaptureConfig, resolve_layers
+    from stages.capture.registry import load_adapter
+    from stages.capture.run import capture_dataset
+
+    adapter = load_adapter(model, device=device)
+    g = adapter.gen_length
+    steps = steps or getattr(adapter, "default_steps", g)
+    block_length = block_length or g
+    config = CaptureConfig(
+        layers=resolve_layers(adapter, _parse_layers(layers)), steps=steps, block_length=block_length, mode=mode,
+        seed=seed, temperature=temperature, score=score, store_grads=store_grads,
+    )
+    counts = {"ok": 0, "failed": 0, "skipped": 0}
+    with progress_bar("capture", None) as advance:
+        def on_sample(sid: str, status: str) -> None:
+            counts[status] += 1
+            advance(1, f"ok {counts['ok']} failed {counts['failed']} skipped {counts['skipped']}")
+
+        manifest = capture_dataset(data, out, adapter=adapter, model_spec=model, config=config, limit=limit,
+                                   overwrite=overwrite, on_sample=on_sample)
+    typer.echo(
+        f"captured {manifest.n_ok} samples, {manifest.n_failed} failed ({counts['skipped']} already complete) "
+        f"-> {out}  [{config.mode}, layers {list(config.layers)}, {config.steps} steps]"
+    )
+    for s in manifest.failed()[:5]:
+        typer.echo(f"  failed {s.sample_id}: {s.reason}")
+    if manifest.n_failed:
+        raise typer.Exit(3)
+
+
+def models() -> None:
+    """List the model families 'dcam capture --model' accepts and what each needs installed."""
+    from stages.capture.registry import FAMILIES
+
+    for fam in FAMILIES.values():
+        spec = fam.name if not fam.needs_path else f"{fam.name}:PATH"
+        typer.echo(f"{spec}\n    {fam.summary}\n    needs: {fam.needs}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("capture")(capture)
+    app.command("models")(models)

@@ -1,0 +1,174 @@
+"""``dcam inspect``: summarise and validate any artifact, with its lineage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from schemas.errors import DcamError
+
+
+def inspect_capture(path: Path) -> dict:
+    """Summary of a capture store and the problems found validating it against its schema."""
+    from schemas.capture import CaptureStore
+
+    store = CaptureStore.open(path)
+    problems: list[str] = []
+    samples = []
+    for sid in store.sample_ids():
+        s = store.sample(sid)
+        row = {"sample_id": sid, "status": s.attrs.get("status"), "bytes": store.disk_bytes(sid)}
+        if not s.ok:
+            row["reason"] = s.attrs.get("reason")
+            samples.append(row)
+            continue
+        try:
+            span = s.span
+            n = span.grid_h * span.grid_w
+            steps = int(s.attrs["steps"])
+            tokens = s.group["tokens"]
+            feas = s.array("step_feasible")
+            attr_steps = s.array("attr_steps")
+            t = len(s.targets)
+            if tokens.shape[0] != steps + 1:
+                problems.append(f"{sid}: tokens has {tokens.shape[0]} states for {steps} steps")
+            for layer in s.layers:
+                acts = s.group[f"L{layer}/acts"]
+                alpha = s.group[f"L{layer}/alpha"]
+                if acts.shape[1] != n:
+                    problems.append(f"{sid}: L{layer}/acts has {acts.shape[1]} tokens, grid {span.grid} needs {n}")
+                if alpha.shape[:2] != (len(attr_steps), t):
+                    problems.append(f"{sid}: L{layer}/alpha shape {alpha.shape} != ({len(attr_steps)}, {t}, D)")
+            row.update({
+                "generated_text": s.attrs.get("generated_text"),
+                "mode": s.attrs.get("mode"),
+                "steps": steps,
+                "feasible_steps": [int(i) for i in feas.nonzero()[0]],
+                "attr_steps": [int(i) for i in attr_steps],
+                "layers": s.layers,
+                "grid": list(span.grid),
+                "targets": [tg["text"] for tg in s.targets],
+                "replay_max_abs_diff": s.attrs.get("replay_max_abs_diff"),
+            })
+        except (KeyError, ValueError, DcamError) as e:
+            problems.append(f"{sid}: {e}")
+        samples.append(row)
+    incomplete = store.incomplete_ids()
+    if incomplete:
+        problems.append(f"{len(incomplete)} incomplete sample group(s) (an interrupted run; rerun capture to finish): {incomplete[:5]}")
+    manifest = store.manifest()
+    if manifest is None:
+        problems.append("no manifest.json: the capture run did not finish; rerun 'dcam capture' with the same settings")
+    n_ok = sum(r["status"] == "ok" for r in samples)
+    return {
+        "path": str(path),
+        "kind": "capture",
+        "schema_version": store.root.attrs.get("schema_version"),
+        "config": store.config,
+        "n_samples": len(samples),
+        "n_ok": n_ok,
+        "n_failed": len(samples) - n_ok,
+        "bytes_on_disk": store.disk_bytes(),
+        "bytes_per_sample": store.disk_bytes() // max(1, len(samples)),
+        "samples": samples,
+        "problems": problems,
+        "lineage": lineage(path) if manifest else [],
+    }
+
+
+def lineage(path: Path) -> list[dict]:
+    """The chain of manifests from ``path`` back to the dataset (first = this artifact)."""
+    from schemas.manifest import read_manifest
+
+    chain, seen = [], set()
+    todo = [Path(path)]
+    while todo:
+        p = todo.pop(0)
+        key = str(p.resolve())
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            m = read_manifest(p)
+        except DcamError as e:
+            chain.append({"path": str(p), "error": str(e)})
+            continue
+        chain.append({
+            "path": str(p), "kind": m.kind, "stage": m.stage, "stage_version": m.stage_version,
+            "schema_version": m.schema_version, "content_digest": m.content_digest, "config": m.config,
+            "code_version": m.code_version, "created": m.created, "timings": m.timings,
+            "n_ok": m.n_ok, "n_failed": m.n_failed,
+            "failed": [{"sample_id": s.sample_id, "reason": s.reason} for s in m.failed()],
+            "inputs": {k: v.model_dump() for k, v in m.inputs.items()},
+        })
+        todo.extend(Path(ref.path) for ref in m.inputs.values())
+    return chain
+
+
+def inspect_artifact(path: Path) -> dict:
+    if (path / "zarr.json").exists() and not (path / "index.parquet").exists():
+        return inspect_capture(path)
+    from schemas.manifest import read_manifest
+
+    m = read_manifest(path)
+    return {
+        "path": str(path), "kind": m.kind, "schema_version": m.schema_version, "stage": m.stage,
+        "n_samples": len(m.samples), "n_ok": m.n_ok, "n_failed": m.n_failed,
+        "bytes_on_disk": sum(p.stat().st_size for p in path.rglob("*") if p.is_file()),
+        "problems": [], "lineage": lineage(path),
+    }
+
+
+def inspect(
+    path: Path = typer.Argument(..., help="An artifact directory: capture store, selection, maps, scores, report, dataset."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a summary."),
+) -> None:
+    """Summarise and validate an artifact against its schema, and show its lineage back to the dataset.
+
+    For a capture store: samples, per-sample status (failed ones with their reason), steps, feasible steps,
+    layers, grid, targets and bytes on disk. Exit status 1 if validation found problems.
+    """
+    if not path.exists():
+        raise DcamError(f"{path} does not exist")
+    info = inspect_artifact(path)
+    if as_json:
+        typer.echo(json.dumps(info, indent=2, default=str))
+    else:
+        _print_summary(info)
+    if info["problems"]:
+        raise typer.Exit(1)
+
+
+def _print_summary(info: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    con.print(f"[bold]{info['path']}[/bold]  kind {info['kind']}  schema {info['schema_version']}")
+    con.print(f"samples {info['n_samples']}: ok {info['n_ok']}, failed {info['n_failed']};  "
+              f"{info['bytes_on_disk'] / 1e6:.2f} MB on disk")
+    if info["kind"] == "capture":
+        cfg = info["config"]
+        con.print(f"model {cfg.get('model')}  mode {cfg.get('mode')}  layers {cfg.get('layers')}  "
+                  f"steps {cfg.get('steps')}  block {cfg.get('block_length')}  score {cfg.get('score')}")
+        table = Table("sample", "status", "feasible/steps", "grid", "targets", "KB", "text / reason")
+        for r in info["samples"][:50]:
+            if r["status"] == "ok":
+                table.add_row(r["sample_id"], "ok", f"{len(r.get('feasible_steps', []))}/{r.get('steps')}",
+                              "x".join(map(str, r.get("grid", []))), str(len(r.get("targets", []))),
+                              f"{r['bytes'] / 1e3:.0f}", r.get("generated_text", ""))
+            else:
+                table.add_row(r["sample_id"], "[red]failed[/red]", "", "", "", f"{r['bytes'] / 1e3:.0f}", r.get("reason", ""))
+        con.print(table)
+        if len(info["samples"]) > 50:
+            con.print(f"... {len(info['samples']) - 50} more (use --json)")
+    for step in info.get("lineage", [])[1:]:
+        con.print(f"  <- {step.get('kind')} ({step.get('stage')}) {step.get('path')}  digest {str(step.get('content_digest'))[:12]}")
+    for p in info["problems"]:
+        con.print(f"[red]problem:[/red] {p}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("inspect")(inspect)

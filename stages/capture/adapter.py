@@ -1,0 +1,143 @@
+"""What a model family supplies to the capture stage.
+
+A :class:`ModelAdapter` hides how a family builds its multimodal sequence and
+runs its forward passes; the capture loop (``stages.capture.run``) only sees
+response-token logits, hookable blocks and an image-span layout. A new family
+is one file with a subclass plus one entry in :data:`stages.capture.registry.FAMILIES`.
+
+Adapters touch the model through plain torch modules and attributes, so they
+also work inside a model's own environment (its repository's code and pinned
+transformers version).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from schemas.span import SpanLayout
+
+
+@dataclass
+class Prepared:
+    """One sample's model input: the prompt (with the image) and where the image tokens are.
+
+    Attributes
+    ----------
+    prompt_embeds : Tensor of shape (1, P, d)
+        Embeddings of the prompt with image features in place, for continuous-feature models.
+    prompt_ids : Tensor of shape (1, P) or None
+        Token ids of the prompt, for models whose image is discrete tokens (MMaDA).
+    span : SpanLayout
+        Image-token span in the full sequence (prompt positions).
+    extra : dict
+        Anything else the family needs for its forwards (e.g. pixel values).
+    """
+
+    prompt_embeds: torch.Tensor | None
+    prompt_ids: torch.Tensor | None
+    span: SpanLayout
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prompt_len(self) -> int:
+        t = self.prompt_embeds if self.prompt_embeds is not None else self.prompt_ids
+        return int(t.shape[1])
+
+
+class ModelAdapter(abc.ABC):
+    """Interface of a dMLLM family for capture.
+
+    Subclasses set :attr:`family`, :attr:`mask_id`, :attr:`eos_id`,
+    :attr:`gen_length` and implement the abstract methods.
+    """
+
+    family: str = ""
+    #: Dream-style models predict the next position: logits for response position p come from p - 1.
+    logit_shift: int = 0
+    mask_id: int
+    eos_id: int
+    gen_length: int
+    #: Token ids never sampled (mask, image placeholder, ...).
+    forbid_ids: tuple[int, ...] = ()
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+
+    # ------------------------------------------------------------- structure
+    @abc.abstractmethod
+    def blocks(self) -> Sequence[torch.nn.Module]:
+        """The transformer blocks that can be hooked, in order."""
+
+    def block_output(self, output: Any) -> torch.Tensor:
+        """The hidden state inside a block's forward output (``output[0]`` for tuples)."""
+        return output[0] if isinstance(output, (tuple, list)) else output
+
+    def prepare_for_backward(self) -> None:
+        """Switch off anything that breaks gradients through hooks (activation checkpointing, ...)."""
+        self.model.eval()
+
+    # ------------------------------------------------------------- inputs
+    @abc.abstractmethod
+    def prepare(self, image: np.ndarray, prompt: str | None = None) -> Prepared:
+        """Build the prompt for one RGB image of shape (H, W, 3) uint8."""
+
+    @abc.abstractmethod
+    def default_prompt(self) -> str:
+        """The prompt used when the dataset gives none."""
+
+    # ------------------------------------------------------------- forwards
+    @abc.abstractmethod
+    def full_logits(self, prep: Prepared, x: torch.Tensor, *, prefix_dlm_mask: bool = False) -> torch.Tensor:
+        """Forward over prompt + response ``x`` (1, G); returns logits for all positions (1, P + G, V).
+
+        ``prefix_dlm_mask`` applies the Prefix-DLM attention mask (prompt rows cannot see
+        response columns), under which a full pass equals the prefix-cache passes.
+        """
+
+    @abc.abstractmethod
+    def prefix_pass(self, prep: Prepared) -> tuple[Any, torch.Tensor | None]:
+        """Forward over the prompt alone with a cache (LaViDa Prefix-DLM).
+
+        Returns the cache and the prompt's logits (1, P, V), or None where the family's
+        prefix pass computes no logits.
+        """
+
+    @abc.abstractmethod
+    def answer_logits(self, prep: Prepared, cache: Any, x: torch.Tensor) -> torch.Tensor:
+        """Forward over the response ``x`` (1, G) against the prefix cache; logits (1, G, V).
+
+        Must leave ``cache`` as it found it (crop what the step appended).
+        """
+
+    def response_logits_full(self, prep: Prepared, x: torch.Tensor) -> torch.Tensor:
+        """Logits (1, G, V) for the response positions from a full pass."""
+        logits = self.full_logits(prep, x)
+        p = prep.prompt_len - self.logit_shift
+        return logits[:, p : p + x.shape[1]]
+
+    def logits_fn(self, prep: Prepared, mode: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The sampler's step function for ``mode`` in {"full", "prefix-cache"}."""
+        if mode == "full":
+            return lambda x: self.response_logits_full(prep, x)
+        if mode == "prefix-cache":
+            cache, _ = self.prefix_pass(prep)
+            return lambda x: self.answer_logits(prep, cache, x)
+        raise ValueError(f"mode must be 'full' or 'prefix-cache', got {mode!r}")
+
+    def lm_head_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """Vocabulary logits from final hidden states, for TAM's logit-lens map (None if unavailable)."""
+        return None
+
+    # ------------------------------------------------------------- text
+    @abc.abstractmethod
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of token ids, special tokens skipped."""
+
+    @abc.abstractmethod
+    def word_groups(self, ids: Sequence[int]) -> list[tuple[str, list[int]]]:
+        """Group generated ids into words: [(word, [response positions]), ...], specials dropped."""
