@@ -222,8 +222,32 @@ class ObjIoU(NamedTuple):
 
 def labels_present(semantic_mask) -> np.ndarray:
     """Sorted non-zero labels of a semantic mask, ndarray of shape (K,), int64."""
-    labels = np.unique(_as_semantic(semantic_mask))
-    return labels[labels != 0].astype(np.int64)
+    return np.flatnonzero(np.bincount(_as_semantic(semantic_mask).ravel())[1:]).astype(np.int64) + 1
+
+
+def _obj_iou(binary: np.ndarray, mask: np.ndarray, label: int | None) -> ObjIoU:
+    """:func:`obj_iou` on validated arrays: one bincount pass gives every label's area and overlap."""
+    flat = mask.ravel()
+    area = np.bincount(flat)
+    present = np.flatnonzero(area[1:]) + 1
+    if label is not None:
+        if not 0 < int(label) < area.size or area[int(label)] == 0:
+            raise ValueError(
+                f"label: {label} is not present in semantic_mask (labels present: "
+                f"{', '.join(map(str, present.tolist())) or 'none'})"
+            )
+        candidates = np.array([int(label)], dtype=np.int64)
+    elif present.size == 0:
+        return ObjIoU(float("nan"), float("nan"), float("nan"), None)
+    else:
+        candidates = present
+    inter = np.bincount(flat[binary.ravel()], minlength=area.size)[candidates]
+    area = area[candidates]
+    n_binary = int(np.count_nonzero(binary))
+    iou = inter / (area + n_binary - inter)
+    best = int(np.argmax(iou))
+    precision = inter[best] / n_binary if n_binary else 0.0
+    return ObjIoU(float(iou[best]), float(precision), float(inter[best] / area[best]), int(candidates[best]))
 
 
 def obj_iou(binary, semantic_mask, *, label: int | None = None) -> ObjIoU:
@@ -252,28 +276,7 @@ def obj_iou(binary, semantic_mask, *, label: int | None = None) -> ObjIoU:
     b = _as_binary(binary, "binary")
     m = _as_semantic(semantic_mask)
     _same_shape(b, m, "binary", "semantic_mask")
-    present = labels_present(m)
-    if label is not None:
-        if int(label) not in set(present.tolist()):
-            raise ValueError(
-                f"label: {label} is not present in semantic_mask (labels present: "
-                f"{', '.join(map(str, present.tolist())) or 'none'})"
-            )
-        candidates = np.array([int(label)], dtype=np.int64)
-    elif present.size == 0:
-        return ObjIoU(float("nan"), float("nan"), float("nan"), None)
-    else:
-        candidates = present
-    # One pass over the mask for all labels: per-label areas and intersections with the binary map.
-    flat = m.ravel()
-    area = np.bincount(flat, minlength=int(candidates.max()) + 1)[candidates]
-    inter = np.bincount(flat[b.ravel()], minlength=int(candidates.max()) + 1)[candidates]
-    n_binary = int(b.sum())
-    union = area + n_binary - inter
-    iou = inter / union
-    best = int(np.argmax(iou))
-    precision = inter[best] / n_binary if n_binary else 0.0
-    return ObjIoU(float(iou[best]), float(precision), float(inter[best] / area[best]), int(candidates[best]))
+    return _obj_iou(b, m, label)
 
 
 def contrast(heatmap_resized, fg_mask) -> float:
@@ -294,7 +297,12 @@ def contrast(heatmap_resized, fg_mask) -> float:
     h = _as_map(heatmap_resized, "heatmap_resized")
     fg = _as_binary(fg_mask, "fg_mask")
     _same_shape(h, fg, "heatmap_resized", "fg_mask")
-    if fg.all() or not fg.any():
+    return _contrast(h, fg)
+
+
+def _contrast(h: np.ndarray, fg: np.ndarray) -> float:
+    n_fg = int(np.count_nonzero(fg))
+    if n_fg in (0, fg.size):
         return float("nan")
     return float(h[fg].mean() / (h[~fg].mean() + EPS))
 
@@ -315,6 +323,10 @@ def concentration(heatmap_resized, fg_mask) -> float:
     h = _as_map(heatmap_resized, "heatmap_resized")
     fg = _as_binary(fg_mask, "fg_mask")
     _same_shape(h, fg, "heatmap_resized", "fg_mask")
+    return _concentration(h, fg)
+
+
+def _concentration(h: np.ndarray, fg: np.ndarray) -> float:
     return float(h[fg].sum() / (h.sum() + EPS))
 
 
@@ -412,6 +424,10 @@ def pointing_game(heatmap_resized, object_mask, *, tolerance: float = 0) -> floa
     _same_shape(h, obj, "heatmap_resized", "object_mask")
     if not np.isfinite(tolerance) or tolerance < 0:
         raise ValueError(f"tolerance: must be a finite number >= 0, got {tolerance!r}")
+    return _pointing_game(h, obj, tolerance)
+
+
+def _pointing_game(h: np.ndarray, obj: np.ndarray, tolerance: float) -> float:
     if not obj.any():
         return float("nan")
     if tolerance > 0:
@@ -444,7 +460,10 @@ def energy_pointing_game(heatmap_resized, object_mask, *, region: str = "bbox") 
     _same_shape(h, obj, "heatmap_resized", "object_mask")
     if region not in ("bbox", "mask"):
         raise ValueError(f"region: expected 'mask' or 'bbox', got {region!r}")
-    positive = np.maximum(h, 0.0)
+    return _energy_pointing(np.maximum(h, 0.0), obj, region)
+
+
+def _energy_pointing(positive: np.ndarray, obj: np.ndarray, region: str) -> float:
     total = positive.sum()
     if not obj.any() or total <= 0:
         return float("nan")
@@ -482,15 +501,16 @@ def score_map(heatmap, semantic_mask, *, label: int | None = None, tolerance: fl
         ``pointing_hit, energy_pointing_bbox, energy_pointing_mask``.
     """
     m = _as_semantic(semantic_mask)
+    if not np.isfinite(tolerance) or tolerance < 0:
+        raise ValueError(f"tolerance: must be a finite number >= 0, got {tolerance!r}")
     resized = np.clip(resize_bilinear(heatmap, m.shape), 0.0, 1.0)
-    quantised = to_uint8(resized)
+    quantised = (255.0 * resized).astype(np.uint8)  # to_uint8 of an already clipped map
     threshold = otsu_threshold_uint8(quantised)
-    binary = quantised > threshold
-    best = obj_iou(binary, m, label=label)
+    best = _obj_iou(quantised > threshold, m, label)
     fg = m > 0
     target = fg if label is None else m == int(label)
-    c = contrast(resized, fg)
-    k = concentration(resized, fg)
+    c = _contrast(resized, fg)
+    k = _concentration(resized, fg)
     return {
         "obj_iou": best.iou,
         "precision": best.precision,
@@ -501,9 +521,9 @@ def score_map(heatmap, semantic_mask, *, label: int | None = None, tolerance: fl
         "concentration": k,
         "f3": float(f3(best.iou, c, k)),
         "otsu_threshold": float(threshold),
-        "pointing_hit": pointing_game(resized, target, tolerance=tolerance),
-        "energy_pointing_bbox": energy_pointing_game(resized, target, region="bbox"),
-        "energy_pointing_mask": energy_pointing_game(resized, target, region="mask"),
+        "pointing_hit": _pointing_game(resized, target, tolerance),
+        "energy_pointing_bbox": _energy_pointing(resized, target, "bbox"),
+        "energy_pointing_mask": _energy_pointing(resized, target, "mask"),
     }
 
 
