@@ -1,0 +1,193 @@
+"""Run the explain chain for presets: select -> base map -> modules -> score.
+
+Every stage output lives at ``ROOT/<stage>/<key>`` where the key digests the stage,
+its version, its config and its inputs' content digests
+(:mod:`stages.explain.addressing`). A stage whose output exists is ``cached``; a
+changed parameter changes that stage's key and so every key after it, and only
+those stages are ``computed``. Outputs are written to a temporary directory and
+renamed into place, so a killed run never leaves a partial artifact at a final
+path, and two runs racing on the same root never both publish one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from schemas.capture import CaptureStore
+from schemas.errors import DcamError
+from schemas.manifest import StageManifest, read_manifest
+from stages.explain.addressing import StageResult, artifact_dir, artifact_key, is_done
+
+
+@dataclass(frozen=True)
+class ChainSpec:
+    """What a preset (or a run configuration) asks the explain chain to do."""
+
+    name: str
+    base: str
+    base_options: dict[str, Any]
+    modules: tuple[str, ...]
+    profile: str
+    params: dict[str, dict[str, Any]]
+    threshold: float | None = None
+
+
+def chain_from_preset(name: str) -> ChainSpec:
+    from stages.presets import get_preset
+
+    try:
+        p = get_preset(name)
+    except ValueError as e:
+        raise DcamError(str(e)) from None
+    return ChainSpec(name=p.name, base=p.base, base_options=dict(p.base_options), modules=tuple(p.modules),
+                     profile=p.profile, params={k: dict(v) for k, v in dict(p.params).items()},
+                     threshold=p.threshold)
+
+
+def run_stage(root: Path, stage: str, version: str, config: dict[str, Any], inputs: dict[str, str],
+              compute: Callable[[Path], StageManifest], *, kind: str | None = None) -> StageResult:
+    """Compute a stage output unless it already exists; publish it atomically."""
+    key = artifact_key(stage, version, config, inputs)
+    final = artifact_dir(root, stage, key)
+    if is_done(final, kind):
+        return StageResult(stage, str(final), "cached", read_manifest(final).content_digest)
+    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    try:
+        manifest = compute(tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if is_done(final, kind):  # another run published the same artifact first
+                shutil.rmtree(tmp, ignore_errors=True)
+                return StageResult(stage, str(final), "cached", read_manifest(final).content_digest)
+            shutil.rmtree(final, ignore_errors=True)  # a stale partial directory
+            os.rename(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return StageResult(stage, str(final), "computed", manifest.content_digest, time.perf_counter() - t0)
+
+
+
+def capture_digest(store_path: str | Path) -> str:
+    store = CaptureStore.open(store_path)
+    m = store.manifest()
+    if m is None:
+        raise DcamError(f"{store_path}: the capture run did not finish (no manifest.json); rerun 'dcam capture'")
+    return m.content_digest
+
+
+def explain_chain(
+    store: str | Path,
+    root: str | Path,
+    spec: ChainSpec,
+    *,
+    policy: str = "unmask-step",
+    layers: Sequence[int] | None = None,
+    steps: Sequence[int] | None = None,
+    dataset: str | Path | None = None,
+    sample_ids: Sequence[str] | None = None,
+) -> list[StageResult]:
+    """Run select -> base -> modules (-> score when ``dataset`` is given) for one chain."""
+    from stages.explain.basemap import STAGE_VERSION as BASE_V, run_basemap
+    from stages.explain.module import STAGE_VERSION as MOD_V, run_module
+    from stages.explain.select import STAGE_VERSION as SEL_V, run_select
+
+    root = Path(root)
+    results = []
+    cap = capture_digest(store)
+    shard = sorted(sample_ids) if sample_ids is not None else None
+    sel_cfg = {"policy": policy, "layers": list(layers) if layers else None, "steps": list(steps) if steps else None,
+               "sample_ids": shard}
+    sel = run_stage(root, "select", SEL_V, sel_cfg, {"capture": cap},
+                    lambda out: run_select(store, out, policy=policy, layers=layers, steps=steps, sample_ids=sample_ids),
+                    kind="selection")
+    results.append(sel)
+    base_cfg = {"method": spec.base, "options": spec.base_options}
+    prev = run_stage(root, "gradcam", BASE_V, base_cfg, {"capture": cap, "selection": sel.content_digest},
+                     lambda out: run_basemap(store, sel.path, out, method=spec.base, options=spec.base_options),
+                     kind="maps")
+    results.append(prev)
+    for module in spec.modules:
+        params = spec.params.get(module, {})
+        cfg = {"module": module, "profile": spec.profile, "params": params}
+        src = prev.path
+        prev = run_stage(root, module, MOD_V, cfg, {"maps": prev.content_digest},
+                         lambda out, src=src, module=module, params=params: run_module(
+                             src, out, module=module, profile=spec.profile, params=params),
+                         kind="maps")
+        results.append(prev)
+    if spec.threshold is not None:
+        from stages.explain.module import run_threshold
+
+        src = prev.path
+        prev = run_stage(root, "threshold", MOD_V, {"threshold": spec.threshold}, {"maps": prev.content_digest},
+                         lambda out: run_threshold(src, out, threshold=spec.threshold), kind="maps")
+        results.append(prev)
+    if dataset is not None:
+        from stages.score.stage import STAGE_VERSION as SCORE_V, run_score
+
+        ds_digest = _dataset_digest(dataset)
+        src = prev.path
+        results.append(run_stage(root, "score", SCORE_V, {"method": spec.name}, {"maps": prev.content_digest, "dataset": ds_digest},
+                                 lambda out: run_score(src, dataset, out, method=spec.name), kind="scores"))
+    return results
+
+
+def _dataset_digest(dataset: str | Path) -> str:
+    try:
+        return read_manifest(dataset).content_digest
+    except DcamError:
+        from schemas.manifest import digest_files
+
+        return digest_files(dataset)
+
+
+RUN_FILE = "run.json"
+
+
+def explain_run(
+    store: str | Path,
+    root: str | Path,
+    specs: Sequence[ChainSpec],
+    *,
+    policy: str = "unmask-step",
+    layers: Sequence[int] | None = None,
+    steps: Sequence[int] | None = None,
+    dataset: str | Path | None = None,
+    on_preset: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run several chains over one capture and write ``ROOT/run.json`` describing the run.
+
+    ``run.json`` maps each preset to its stage results, its final maps artifact and (with a
+    dataset) its scores artifact; ``dcam report ROOT`` reads it.
+    """
+    import json
+
+    root = Path(root)
+    run: dict[str, Any] = {"store": str(Path(store).resolve()), "dataset": str(Path(dataset).resolve()) if dataset else None,
+                           "policy": policy, "layers": list(layers) if layers else None, "presets": {}}
+    for spec in specs:
+        res = explain_chain(store, root, spec, policy=policy, layers=layers, steps=steps, dataset=dataset)
+        maps = [r for r in res if r.stage != "score"][-1]
+        scores = [r for r in res if r.stage == "score"]
+        run["presets"][spec.name] = {
+            "stages": [r.to_dict() for r in res], "maps": maps.path,
+            "scores": scores[0].path if scores else None, "chain": [spec.base, *spec.modules],
+            "profile": spec.profile,
+        }
+        if on_preset:
+            on_preset(spec.name)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".{RUN_FILE}.{uuid.uuid4().hex[:8]}"
+    tmp.write_text(json.dumps(run, indent=2))
+    os.replace(tmp, root / RUN_FILE)
+    return run
