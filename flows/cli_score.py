@@ -47,7 +47,7 @@ def _read_mask(path: Path):
 
 
 def score_map_command(
-    heatmap: Path = typer.Option(..., "--heatmap", help="Map as a 2-D .npy array in [0, 1] (any resolution)."),
+    heatmap: Path = typer.Option(..., "--heatmap", help="Map as a 2-D .npy array in [0, 1] at any resolution (values outside are clipped)."),
     mask: Path = typer.Option(..., "--mask", help="Semantic mask PNG: pixel = object label, 0 = background."),
     label: Optional[int] = typer.Option(None, "--label", help="Score against this object only (default: best-matching object)."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
