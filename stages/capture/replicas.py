@@ -197,6 +197,8 @@ class VisionSpec:
     patch_size: int
     hidden_size: int = 32
     num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int | None = None
     select_layer: int = -2
 
 
@@ -211,9 +213,9 @@ class SigLipVisionTower(nn.Module):
         self.vision_tower = SiglipVisionModel(
             SiglipVisionConfig(
                 hidden_size=spec.hidden_size,
-                intermediate_size=2 * spec.hidden_size,
+                intermediate_size=spec.intermediate_size or 2 * spec.hidden_size,
                 num_hidden_layers=spec.num_layers,
-                num_attention_heads=4,
+                num_attention_heads=spec.num_heads,
                 image_size=spec.view_size,
                 patch_size=spec.patch_size,
                 vision_use_head=False,
@@ -302,9 +304,9 @@ class LavidaLladaModel(LLaDAModel):
 class LavidaLladaReplica(nn.Module, LlavaMetaReplica):
     """``LlavaLladaForMaskedDiffusion`` at replica scale (activation checkpointing on, as its constructor)."""
 
-    def __init__(self, vocab_size: int, spec: VisionSpec = LAVIDA_VIEW):
+    def __init__(self, vocab_size: int, spec: VisionSpec = LAVIDA_VIEW, trunk: OlmoLladaConfig | None = None):
         super().__init__()
-        self.model = LavidaLladaModel(OlmoLladaConfig(vocab_size=vocab_size), spec)
+        self.model = LavidaLladaModel(trunk or OlmoLladaConfig(vocab_size=vocab_size), spec)
         self.config = _llava_config(lavida_pinpoints(spec.view_size), "anyres")
         self.model.set_activation_checkpointing("whole_layer")
 
