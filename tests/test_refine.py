@@ -311,6 +311,7 @@ def test_sicd_repeat_ratios():
     assert repeat_ratio_ids([5, 6, 2, 2, 2, 2]) == pytest.approx(1 / 6)
     assert repeat_ratio_ids([1, 2, 3]) == 0.0
     assert repeat_ratio_ids(None) == 0.0
+    assert repeat_ratio_ids(np.array([2, 2, 3])) == pytest.approx(1 / 3)
     fw = frozenset({"a", "and"})
     assert repeat_ratio_words(["dog", "runs", "."], fw) == 0.0
     assert repeat_ratio_words(["a", "dog", "and", "a", "Dog", "."], fw) == pytest.approx(3 / 5)

@@ -135,7 +135,14 @@ def confidence_gate(cam, *, profile: str = "reference", sigma: float = 1.0, cont
 
 def _blur3(stack: np.ndarray, taps: np.ndarray) -> np.ndarray:
     """Separable 3 x 3 correlation of each map with half-sample symmetric borders (``a | a b c | c``)."""
-    p = np.pad(stack, ((0, 0), (1, 1), (0, 0)), mode="symmetric")
-    rows = taps[0] * p[:, :-2] + taps[1] * p[:, 1:-1] + taps[2] * p[:, 2:]
-    p = np.pad(rows, ((0, 0), (0, 0), (1, 1)), mode="symmetric")
-    return taps[0] * p[:, :, :-2] + taps[1] * p[:, :, 1:-1] + taps[2] * p[:, :, 2:]
+    rows = _blur_last_axis(stack, taps)
+    return _blur_last_axis(rows.swapaxes(1, 2), taps).swapaxes(1, 2)
+
+
+def _blur_last_axis(x: np.ndarray, taps: np.ndarray) -> np.ndarray:
+    out = taps[1] * x
+    out[..., 1:] += taps[0] * x[..., :-1]
+    out[..., :-1] += taps[2] * x[..., 1:]
+    out[..., 0] += taps[0] * x[..., 0]  # the border pixel is its own mirror image
+    out[..., -1] += taps[2] * x[..., -1]
+    return out

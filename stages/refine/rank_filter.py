@@ -52,11 +52,11 @@ def rank_gaussian_stack(stack: np.ndarray, size: int) -> np.ndarray:
     """The filter on a validated float64 (n, h, w) stack; returns a new (n, h, w) array."""
     n, h, w = stack.shape
     pad = size // 2
-    padded = np.pad(stack, ((0, 0), (pad, pad), (pad, pad)), mode="reflect")
     out = np.empty_like(stack)
     step = max(1, _CHUNK_PIXELS // (h * w))
     for s in range(0, n, step):
-        out[s : s + step] = _filter_chunk(padded[s : s + step], size, h, w)
+        padded = np.pad(stack[s : s + step], ((0, 0), (pad, pad), (pad, pad)), mode="reflect")
+        out[s : s + step] = _filter_chunk(padded, size, h, w)
     return out
 
 
@@ -86,12 +86,16 @@ def _filter_chunk(padded: np.ndarray, size: int, h: int, w: int) -> np.ndarray:
 def _sorted_windows(padded: np.ndarray, size: int) -> np.ndarray:
     """Sorted k x k windows of every pixel, as an array of shape (k^2, pixels): row i holds rank i."""
     windows = sliding_window_view(padded, (size, size), axis=(1, 2)).reshape(-1, size * size)
-    # Sorting the bit patterns as integers is about twice as fast as a float sort; the
-    # xor makes the integer order equal the float order for negative values too.
+    # Sorting the bit patterns as integers is about twice as fast as a float sort. Their
+    # order is the float order for values >= 0 (-0.0 sorts first, which is harmless); with
+    # negative values, the xor flips the magnitude bits of negative numbers so that it is too.
     keys = windows.view(np.int64)
-    keys ^= (keys >> 63) & _LOW_63
+    signed = bool(padded.min() < 0)
+    if signed:
+        keys ^= (keys >> 63) & _LOW_63
     keys.sort(axis=1)
-    keys ^= (keys >> 63) & _LOW_63
+    if signed:
+        keys ^= (keys >> 63) & _LOW_63
     return np.ascontiguousarray(windows.T)
 
 

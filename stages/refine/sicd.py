@@ -27,7 +27,7 @@ def repeat_ratio_ids(generated_ids) -> float:
     The ids are the whole generated response, repeated EOS/padding included, so the
     ratio is almost never 0. None or an empty list gives 0.
     """
-    if not generated_ids:
+    if generated_ids is None or len(generated_ids) == 0:
         return 0.0
     counts = Counter(int(t) for t in generated_ids)
     return sum(1 for c in counts.values() if c > 1) / len(generated_ids)
@@ -41,7 +41,7 @@ def repeat_ratio_words(words, function_words) -> float:
     case. Tokens without a letter or digit (punctuation) are ignored. None or no word
     gives 0.
     """
-    tokens = [w.strip().lower() for w in (words or ()) if any(ch.isalnum() for ch in w)]
+    tokens = [w.strip().lower() for w in (() if words is None else words) if any(ch.isalnum() for ch in w)]
     if not tokens:
         return 0.0
     counts = Counter(tokens)
@@ -80,9 +80,17 @@ def causal_debias(cam, *, profile: str = "reference", context=None) -> np.ndarra
     n = stack.shape[0]
     contexts = contexts_for(context, n)
     if profile == "reference":
-        ratio = np.array([repeat_ratio_ids(c.generated_ids) for c in contexts])
+        keys = [() if c.generated_ids is None else tuple(c.generated_ids) for c in contexts]
+        ratio_of = repeat_ratio_ids
     else:
-        ratio = np.array([repeat_ratio_words(c.words, c.function_words) for c in contexts])
+        keys = [(() if c.words is None else tuple(c.words), c.function_words) for c in contexts]
+        ratio_of = lambda key: repeat_ratio_words(*key)  # noqa: E731
+    # The maps of one response share its ids and words: count each distinct response once.
+    memo: dict = {}
+    for key in keys:
+        if key not in memo:
+            memo[key] = ratio_of(key)
+    ratio = np.array([memo[key] for key in keys])
     flat = stack.reshape(n, -1)
     mean, std = flat.mean(axis=1), flat.std(axis=1)
     outlier = flat > (mean + OUTLIER_Z * std)[:, None]
