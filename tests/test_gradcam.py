@@ -126,23 +126,37 @@ def test_registry_declares_needs_and_returns_float32_stacks():
         get_base_method("scorecam")
 
 
+def _stub(name: str, **attrs) -> types.ModuleType:
+    module = types.ModuleType(name)
+    module.__dict__.update(attrs)
+    return module
+
+
 def _import_pytorch_grad_cam():
-    """Import pytorch-grad-cam; PyPI's torchvision does not work with our torch, so stub what its import needs."""
+    """Import pytorch-grad-cam (1.5.x) for the parity test.
+
+    Its package import pulls in torchvision (PyPI's wheel does not load beside our CPU
+    torch) and scikit-learn (only for NMF / KernelPCA methods this test does not use);
+    when they fail to import, stub modules with just the names its import needs stand in.
+    """
     if importlib.util.find_spec("pytorch_grad_cam") is None:
-        pytest.skip("pytorch-grad-cam is not installed (pip install --no-deps grad-cam ttach opencv-python-headless scikit-learn)")
+        pytest.skip("pytorch-grad-cam is not installed (pip install --no-deps grad-cam ttach opencv-python-headless)")
     try:
         import torchvision  # noqa: F401
     except Exception:
-        tv = types.ModuleType("torchvision")
-        transforms = types.ModuleType("torchvision.transforms")
-        functional = types.ModuleType("torchvision.transforms.functional")
-        for name in ("Compose", "Normalize", "ToTensor"):
-            setattr(transforms, name, type(name, (), {}))
-        functional.resize = None
-        transforms.functional = functional
-        tv.transforms = transforms
-        for key, mod in (("torchvision", tv), ("torchvision.transforms", transforms), ("torchvision.transforms.functional", functional)):
-            sys.modules.setdefault(key, mod)
+        functional = _stub("torchvision.transforms.functional", resize=None)
+        transforms = _stub(
+            "torchvision.transforms", functional=functional, **{n: type(n, (), {}) for n in ("Compose", "Normalize", "ToTensor")}
+        )
+        sys.modules["torchvision"] = _stub("torchvision", transforms=transforms)
+        sys.modules["torchvision.transforms"] = transforms
+        sys.modules["torchvision.transforms.functional"] = functional
+    try:
+        import sklearn.decomposition  # noqa: F401
+    except Exception:
+        decomposition = _stub("sklearn.decomposition", NMF=type("NMF", (), {}), KernelPCA=type("KernelPCA", (), {}))
+        sys.modules["sklearn"] = _stub("sklearn", decomposition=decomposition)
+        sys.modules["sklearn.decomposition"] = decomposition
     try:
         from pytorch_grad_cam import GradCAM
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
