@@ -53,8 +53,8 @@ def _json_list(path: Path | None, option: str, item_type: type, n_maps: int) -> 
 
 
 def refine(
-    input: Path = typer.Option(..., "--input", help="Maps saved with numpy.save, shape (n, h, w) or (h, w)."),
-    output: Path = typer.Option(..., "--output", help="Where to write the refined maps (.npy); never the input file."),
+    input_path: Path = typer.Option(..., "--input", help="Maps saved with numpy.save, shape (n, h, w) or (h, w)."),
+    output_path: Path = typer.Option(..., "--output", help="Where to write the refined maps (.npy); never the input file."),
     modules: str = typer.Option(_DEFAULT_MODULES, "--modules", help="Comma-separated module names, applied left to right."),
     profile: str = typer.Option("reference", "--profile", help="'reference' (official code) or 'paper'."),
     token_ids: Path = typer.Option(None, "--token-ids", help="JSON list of generated token ids (shared) or list of lists (one per map); SICD, reference profile."),
@@ -77,16 +77,16 @@ def refine(
         raise DcamError(f"--seed must be >= 0, got {seed}")
     if num_steps is not None and num_steps < 1:
         raise DcamError(f"--num-steps must be >= 1, got {num_steps}")
-    if not input.is_file():
-        raise DcamError(f"--input {input} does not exist or is not a file")
-    if output.exists() and output.resolve() == input.resolve():
-        raise DcamError(f"--output {output} is the input file; refusing to overwrite it")
-    if not output.parent.is_dir():
-        raise DcamError(f"--output directory {output.parent} does not exist")
+    if not input_path.is_file():
+        raise DcamError(f"--input {input_path} does not exist or is not a file")
+    if output_path.exists() and output_path.resolve() == input_path.resolve():
+        raise DcamError(f"--output {output_path} is the input file; refusing to overwrite it")
+    if not output_path.parent.is_dir():
+        raise DcamError(f"--output directory {output_path.parent} does not exist")
     try:
-        maps = np.load(input, allow_pickle=False)
+        maps = np.load(input_path, allow_pickle=False)
     except (OSError, ValueError) as e:
-        raise DcamError(f"cannot read --input {input} as a .npy array: {e}") from None
+        raise DcamError(f"cannot read --input {input_path} as a .npy array: {e}") from None
     if not isinstance(maps, np.ndarray) or maps.ndim not in (2, 3) or 0 in maps.shape:
         shape = getattr(maps, "shape", None)
         raise DcamError(f"--input must hold maps of shape (n, h, w) or (h, w), got shape {shape}")
@@ -105,11 +105,11 @@ def refine(
     try:
         refined = apply_chain(maps, names, profile=profile, contexts=contexts)
     except ValueError as e:
-        raise DcamError(f"--input {input}: {e}") from None
-    with open(output, "wb") as f:
+        raise DcamError(f"--input {input_path}: {e}") from None
+    with open(output_path, "wb") as f:
         np.save(f, refined)
     shape = "x".join(str(s) for s in maps.shape[-2:])
-    typer.echo(f"refined {n_maps} map(s) of {shape} with {','.join(names) or 'no modules'} ({profile} profile) -> {output}")
+    typer.echo(f"refined {n_maps} map(s) of {shape} with {','.join(names) or 'no modules'} ({profile} profile) -> {output_path}")
 
 
 def register(app: typer.Typer) -> None:

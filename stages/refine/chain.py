@@ -38,14 +38,10 @@ class RefineStep:
     summary: str
 
     def __call__(self, maps: np.ndarray, *, profile: str, context, **params) -> np.ndarray:
-        accepted = inspect.signature(self.func).parameters
-        extra = {}
-        if "profile" in accepted:
-            extra["profile"] = profile
-        if "context" in accepted:
-            extra["context"] = context
+        signature = inspect.signature(self.func)
+        extra = {k: v for k, v in (("profile", profile), ("context", context)) if k in signature.parameters}
         try:
-            inspect.signature(self.func).bind(maps, **extra, **params)
+            signature.bind(maps, **extra, **params)
         except TypeError as e:
             raise ValueError(f"bad parameters for module {self.name!r}: {e}") from None
         return self.func(maps, **extra, **params)
@@ -119,4 +115,4 @@ def apply_chain(
     out = stack
     for step in steps:
         out = step(out, profile=profile, context=per_map, **params.get(step.name, {}))
-    return from_stack(np.asarray(out, dtype=np.float64), single, dtype)
+    return from_stack(out, single, dtype)
