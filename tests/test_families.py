@@ -327,3 +327,38 @@ def test_loading_a_checkpoint_gives_one_line(tmp_path, family):
         load_adapter(f"{family}:{tmp_path}")
     for exc in (missing, unloadable):
         assert "\n" not in str(exc.value)
+
+
+def test_diffusion_gemma_patchify_matches_the_official_image_processor():
+    from PIL import Image
+    from transformers.models.gemma4.image_processing_pil_gemma4 import _SUPPORTED_SOFT_TOKENS, Gemma4ImageProcessorPil
+
+    from stages.capture.families.diffusion_gemma import patchify
+
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    proc = Gemma4ImageProcessorPil(patch_size=4, pooling_kernel_size=2, max_soft_tokens=min(_SUPPORTED_SOFT_TOKENS))
+    out = proc(images=Image.fromarray(image), return_tensors="pt")
+    valid = (out["image_position_ids"][0] >= 0).all(-1)
+    pixel_values, position_ids = patchify(image, 64, 4)
+    assert int(valid.sum()) == 256  # the processor kept 64x64 (16x16 patches)
+    torch.testing.assert_close(position_ids[0], out["image_position_ids"][0][valid])
+    torch.testing.assert_close(pixel_values[0], out["pixel_values"][0][valid].float())
+
+
+def test_hf_codec_groups_sub_tokens_into_words():
+    from stages.capture.families import HFCodec
+
+    class Tok:  # byte-level BPE pieces: "Ġ" starts a word
+        pieces = ["<|eot_id|>", "Ġa", "Ġred", "Ġcir", "cle", "Ġ,", "Ġsq", "u", "are"]
+        all_special_ids = [0]
+
+        def convert_ids_to_tokens(self, i):
+            return self.pieces[i]
+
+        def decode(self, ids, skip_special_tokens=True):
+            return "".join(self.pieces[i] for i in ids if i != 0).replace("Ġ", " ")
+
+    codec = HFCodec(Tok())
+    assert codec.word_groups([1, 2, 3, 4, 5, 6, 7, 8, 0, 0]) == [
+        ("a", [0]), ("red", [1]), ("circle", [2, 3]), (",", [4]), ("square", [5, 6, 7])
+    ]

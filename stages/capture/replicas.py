@@ -3,27 +3,19 @@
 Each replica keeps the real model's module names on the path the adapter hooks, its multimodal sequence
 layout and its loop semantics, at a size that runs on two CPU cores in a fraction of a second:
 
-=================  ===========================================  ==========================================
-family             hooked blocks (same path as the real model)  what is faithful
-=================  ===========================================  ==========================================
-``lavida-llada``   ``model.get_model().transformer.blocks[i]``  OLMo-style LLaDA blocks returning
-                                                                ``(x, cache)``, bidirectional, SigLIP ->
-                                                                mlp2x_gelu, anyres (base + 2x2 views),
-                                                                2x2 bilinear pooling of every view,
-                                                                ``spatial_unpad`` newline per grid row,
-                                                                Prefix-DLM cache, activation checkpointing
-``lavida-dream``   ``model.get_model().layers[i]``              Qwen2 (Dream) trunk, bidirectional, logits
-                                                                shifted by one; LaViDa's vision layout
-``llada-v``        ``model.get_model().layers[i]``              Llama-style LLaDA, bidirectional,
-                                                                ``anyres_max_4`` (views merged, then
-                                                                shrunk when larger than 4 views), no
-                                                                pooling, newline per row, full recompute
-``mmada``          ``model.model.transformer.blocks[i]``        no vision encoder: discrete image ids
-                                                                offset by the text vocabulary, sequence
-                                                                ``<|mmu|> <|soi|> ids <|eoi|> text``
-``diffusion-gemma``  ``model.model.encoder.language_model``     transformers' own classes, tiny config
-                   ``.layers[i]``                               (MoE fields set)
-=================  ===========================================  ==========================================
+- ``lavida-llada``: hooks ``model.get_model().transformer.blocks[i]``. OLMo-style LLaDA blocks returning
+  ``(x, cache)``, bidirectional; SigLIP (select layer -2) -> mlp2x_gelu; anyres (base + 2x2 views), 2x2
+  bilinear pooling of every view, ``spatial_unpad`` newline per grid row; Prefix-DLM cache; activation
+  checkpointing on after construction, as LaViDa's constructor leaves it.
+- ``lavida-dream``: hooks ``model.get_model().layers[i]``. Qwen2 (Dream) trunk, bidirectional, logits
+  shifted by one, ``lm_head``; LaViDa's vision layout.
+- ``llada-v``: hooks ``model.get_model().layers[i]``. Llama-style LLaDA, bidirectional, ``lm_head``;
+  ``anyres_max_4`` (views merged, shrunk when larger than 4 views' worth), no pooling, newline per row;
+  full recompute.
+- ``mmada``: hooks ``model.model.transformer.blocks[i]``. No vision encoder: discrete image ids offset by
+  the text vocabulary, ``<|mmu|> <|soi|> ids <|eoi|> text``; full recompute.
+- ``diffusion-gemma``: hooks ``model.model.encoder.language_model.layers[i]``. transformers' own classes
+  with a tiny config (MoE fields set, vision-bidirectional encoder).
 
 What is scaled down: widths, depths, vocabularies, view sizes (LaViDa 384 px / 27x27 patches -> 36 px /
 9x9 patches, odd like 27 so the ``ceil`` of bilinear pooling is exercised; LLaDA-V views 24 px / 6x6;

@@ -18,8 +18,10 @@ renoising or its entropy-bound acceptance. The replayed forwards are the model's
 not the one its sampler would take.
 
 Image input: the replica builds ``pixel_values`` (B, patches, 3 * p * p) and ``image_position_ids``
-(B, patches, 2) as (x, y) directly from the image (resize to a square); a checkpoint uses its own
-processor (``AutoProcessor`` from the checkpoint directory) and the grid is read from the position ids.
+(B, patches, 2) as (x, y) directly from the image resized to a square (:func:`patchify`; identical to
+transformers' ``Gemma4ImageProcessorPil`` output at the same size, checked in the tests); a checkpoint uses
+its own processor (``AutoProcessor`` from the checkpoint directory, aspect-preserving resize to a soft-token
+budget) and the grid is read from the position ids.
 """
 
 from __future__ import annotations
@@ -99,14 +101,15 @@ class DiffusionGemmaAdapter(ModelAdapter):
                    *self.codec.encode(prompt or self.default_prompt())]
             input_ids = torch.tensor([ids])
         else:
-            input_ids, pixel_values, position_ids = self._process(image, prompt)
+            input_ids, pixel_values, position_ids, mm_types = self._process(image, prompt)
             pos = position_ids[0][(position_ids[0] >= 0).all(-1)]
             grid = (int(pos[:, 1].max()) // k + 1, int(pos[:, 0].max()) // k + 1)
         where = (input_ids[0] == cfg.image_token_id).nonzero().flatten()
         start, end = int(where[0]), int(where[-1]) + 1
         if end - start != len(where) or len(where) != grid[0] * grid[1]:
             raise DcamError(f"diffusion-gemma: {len(where)} image tokens do not form one {grid[0]}x{grid[1]} block")
-        mm_types = (input_ids == cfg.image_token_id).long()
+        if self.processor is None:
+            mm_types = (input_ids == cfg.image_token_id).long()
         extra = dict(pixel_values=pixel_values.to(device), image_position_ids=position_ids.to(device),
                      mm_token_type_ids=mm_types.to(device))
         span = SpanLayout(start=start, end=end, grid_h=grid[0], grid_w=grid[1], pooling=f"avg-{k}x{k}")
@@ -120,7 +123,10 @@ class DiffusionGemmaAdapter(ModelAdapter):
             add_generation_prompt=True, tokenize=False,
         )
         out = self.processor(text=text, images=Image.fromarray(np.asarray(image)), return_tensors="pt")
-        return out["input_ids"], out["pixel_values"], out["image_position_ids"]
+        mm_types = out.get("mm_token_type_ids")
+        if mm_types is None:
+            mm_types = (out["input_ids"] == self.model.config.image_token_id).long()
+        return out["input_ids"], out["pixel_values"], out["image_position_ids"], mm_types
 
     # ------------------------------------------------------------- forwards
     def _softcap(self, logits: torch.Tensor) -> torch.Tensor:

@@ -19,8 +19,8 @@ Loops: LLaDA's ``generate.py`` and Dream's ``generation_utils.py``, both with ``
 Prefix-DLM cache, this family's default mode: the prompt with the image is encoded once, every step runs
 the response against the cached keys and values) or ``prefix_lm=False`` (full recompute, no mask).
 
-Differences from the official loops, on purpose: steps and remasking come from the shared sampler
-(``stages.dmllm.sampler``); LaViDa-Dream's prefix path fixes the first response token to the argmax of
+Differences from the official loops, on purpose: steps, transfer counts and remasking come from the shared
+sampler (``stages.dmllm.sampler``: LLaDA's even split, not LaViDa's ``schedule='shift'``); LaViDa-Dream's prefix path fixes the first response token to the argmax of
 the prefill's last logit before step 0, here that position is sampled like the others from the same
 logit (the shifted row 0), so with greedy decoding it gets the same token but possibly at a later step.
 """
@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from schemas.errors import DcamError
 from schemas.span import SpanLayout
 from stages.capture.adapter import ModelAdapter, Prepared
-from stages.capture.families import HFCodec, REPLICA_PROMPT, WordCodec, load_hf_tokenizer, require_module, require_path
+from stages.capture.families import REPLICA_PROMPT, HFCodec, require_module, require_path
 
 #: LLaVA's ``IMAGE_TOKEN_INDEX``: the placeholder id replaced by the image tokens.
 IMAGE_TOKEN_INDEX = -200
@@ -445,6 +445,7 @@ def load_lavida(family: str, path: str | None, device: str, *, gen_length: int =
     except Exception as exc:
         raise DcamError(f"--model {family}: LaViDa's loader failed on {root} ({type(exc).__name__}: {exc})") from None
     model.eval()
+    model.tie_weights()  # as LaViDa's predict.py
     model.config.mm_spatial_pool_mode = "bilinear"  # what LaViDa's eval wrapper sets
     codec = HFCodec(tokenizer)
     if family == "lavida-llada":
@@ -453,4 +454,4 @@ def load_lavida(family: str, path: str | None, device: str, *, gen_length: int =
         cls, template = LavidaDreamAdapter, "dream"
         mask_id, eos_id = tokenizer.mask_token_id, tokenizer.eos_token_id
     return cls(model, codec, mask_id=mask_id, eos_id=eos_id, gen_length=gen_length, forbid_ids=(mask_id,),
-               prompt_ids=_llava_prompt(tokenizer, template), default_prompt="Describe this image in detail.")
+               prompt_ids=_llava_prompt(tokenizer, template), default_prompt="Describe the image in detail.")

@@ -64,6 +64,6 @@ def load_llada_v(path: str | None, device: str, *, gen_length: int = 64) -> Llad
         model, HFCodec(tokenizer), mask_id=mask_id, eos_id=tokenizer.eos_token_id, gen_length=gen_length,
         # generate_with_embeds bans these four at masked positions (EOS included: it stops on strings)
         forbid_ids=(mask_id, 126081, 126080, 126346, 126347), prompt_ids=_llava_prompt(tokenizer, "llava_llada"),
-        default_prompt="Describe this image in detail.",
+        default_prompt="Please describe the image in detail.",  # generate_demo.py
     )
 

@@ -7,7 +7,9 @@ offset by the text tokenizer's length and embedded by the LLM's own table. Under
     <|mmu|> <|soi|> [h*w image ids, raster order] <|eoi|> chat-templated question
 
 so the image span is strictly between ``<|soi|>`` and ``<|eoi|>``: one token per 16x16-px patch, no base
-view, no newline tokens, no pooling. Gradients stop at the token embeddings: maps live on the token grid
+view, no newline tokens, no pooling. The image is squashed to 512x512 (``image_transform_squash``, which
+``inference_mmu.py`` uses for LLaVA-style data) so the code grid covers the whole image; its default
+``image_transform`` would centre-crop non-square images and the grid would cover only the central square. Gradients stop at the token embeddings: maps live on the token grid
 and are taken at LLM hidden states (``model.model.transformer.blocks[i]``), never at pixels.
 
 Loop: ``MMadaModelLM.mmu_generate`` recomputes the full sequence every step on token ids (no cache), so
