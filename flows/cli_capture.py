@@ -25,7 +25,7 @@ def capture(
     layers: str = typer.Option(None, "--layers", help="Blocks to hook, comma-separated (negative counts from the end); default: the middle block. The last block is refused (zero gradient at image positions)."),
     steps: int = typer.Option(None, "--steps", help="Denoising steps (default: the model's)."),
     block_length: int = typer.Option(None, "--block-length", help="Semi-autoregressive block length; must divide the generation length (default: one block)."),
-    mode: str = typer.Option("full", "--mode", help="full: recompute prompt+image+answer every step (LLaDA-V/MMaDA); prefix-cache: image encoded once, gradients flow through the cache (LaViDa)."),
+    mode: str = typer.Option(None, "--mode", help="full: recompute prompt+image+answer every step (LLaDA-V/MMaDA); prefix-cache: image encoded once, gradients flow through the cache (LaViDa). Default: the family's own (toy: full)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed (per sample, derived from seed and sample id)."),
     temperature: float = typer.Option(0.0, "--temperature", help="Gumbel-noise temperature of the sampler (0 = greedy)."),
@@ -46,7 +46,7 @@ def capture(
         raise DcamError(f"--limit must be >= 1, got {limit}")
     if steps is not None and steps < 1:
         raise DcamError(f"--steps must be >= 1, got {steps}")
-    if mode not in ("full", "prefix-cache"):
+    if mode not in (None, "full", "prefix-cache"):
         raise DcamError(f"--mode must be 'full' or 'prefix-cache', got {mode!r}")
     if score not in ("logit", "contrastive"):
         raise DcamError(f"--score must be 'logit' or 'contrastive', got {score!r}")
@@ -66,6 +66,9 @@ def capture(
     from stages.capture.run import capture_dataset
 
     adapter = load_adapter(model, device=device)
+    mode = mode or getattr(adapter, "default_mode", "full")
+    if mode not in getattr(adapter, "modes", ("full", "prefix-cache")):
+        raise DcamError(f"--mode {mode}: the {adapter.family} family supports {', '.join(adapter.modes)}")
     g = adapter.gen_length
     steps = steps or getattr(adapter, "default_steps", g)
     block_length = block_length or g

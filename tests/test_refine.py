@@ -377,7 +377,7 @@ def test_chain_rejects_unknown_names_and_stray_params():
     with pytest.raises(ValueError, match="params given for \\['sicd'\\]"):
         apply_chain(np.zeros((1, 3, 3)), ["akd"], params={"sicd": {}})
     with pytest.raises(ValueError, match="bad parameters for module 'cba'"):
-        apply_chain(np.zeros((1, 3, 3)), ["cba"], params={"cba": {"floor": 0.2}})
+        apply_chain(np.zeros((1, 3, 3)), ["cba"], params={"cba": {"nonsense": 0.2}})
     with pytest.raises(ValueError, match="profile"):
         apply_chain(np.zeros((1, 3, 3)), ["akd"], profile="official")
     with pytest.raises(ValueError, match="shape"):
@@ -506,3 +506,18 @@ def test_cli_errors_are_one_line(tmp_path, capsys, case, message):
     assert message in err
     if case == "same":
         assert np.load(src).shape == (3, 4, 4)
+
+
+def test_cba_parameters_floor_and_very_low_factor():
+    # one background value v = 0.05 far below delta: factor clip(v/delta)*0.3 is tiny, so the floor decides
+    cam = np.array([[[1.0, 1.0, 1.0], [1.0, 0.05, 1.0], [1.0, 1.0, 1.0]]])
+    from stages.refine.cba import background_attenuate, background_threshold
+
+    delta = float(background_threshold(cam)[0])
+    assert 0.05 < 0.2 * delta
+    np.testing.assert_allclose(background_attenuate(cam)[0, 1, 1], 0.05 * 0.5)
+    np.testing.assert_allclose(background_attenuate(cam, floor=0.2)[0, 1, 1], 0.05 * 0.2)
+    lam = min(max(0.05 / delta * 1.0, 0.2), 1.0)  # very_low_factor 1: no extra attenuation
+    np.testing.assert_allclose(background_attenuate(cam, floor=0.2, very_low_factor=1.0)[0, 1, 1], 0.05 * lam)
+    with pytest.raises(ValueError, match="floor"):
+        background_attenuate(cam, floor=0.0)

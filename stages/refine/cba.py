@@ -45,7 +45,14 @@ def _delta(stack: np.ndarray) -> np.ndarray:
     return np.where(positive > 0, delta, 1e-6)
 
 
-def background_attenuate(cam, *, profile: str = "reference", context=None) -> np.ndarray:
+def background_attenuate(
+    cam,
+    *,
+    profile: str = "reference",
+    floor: float = LAMBDA_FLOOR,
+    very_low_factor: float = VERY_LOW_FACTOR,
+    context=None,
+) -> np.ndarray:
     """CBA: attenuate values below the background threshold delta, at most by half.
 
     For ``v < delta``: ``lambda = clip(v / delta, 0, 1)``, times 0.3 where
@@ -62,6 +69,10 @@ def background_attenuate(cam, *, profile: str = "reference", context=None) -> np
         Both profiles follow the code. The paper figure prints ``min(v / delta, 0.5)``,
         but its worked examples (v = 0.3, delta = 0.4 gives 0.75; v = 0.1 gives 0.5)
         match the code's clip to [0.5, 1] (``method.md`` §1.5(c)).
+    floor : float in (0, 1], default 0.5
+        Smallest attenuation factor (the official 0.5: background loses at most half).
+    very_low_factor : float in [0, 1], default 0.3
+        Extra factor for values below ``0.2 delta``, applied before the floor.
     context : ignored
         Accepted for a uniform module interface.
 
@@ -70,9 +81,13 @@ def background_attenuate(cam, *, profile: str = "reference", context=None) -> np
     attenuated : ndarray, same shape as ``cam``
     """
     check_profile(profile)
+    if not 0.0 < floor <= 1.0:
+        raise ValueError(f"floor: must be in (0, 1], got {floor}")
+    if not 0.0 <= very_low_factor <= 1.0:
+        raise ValueError(f"very_low_factor: must be in [0, 1], got {very_low_factor}")
     stack, single, dtype = as_stack(cam)
     delta = _delta(stack)[:, None, None]
     factor = np.clip(stack / np.maximum(delta, 1e-8), 0.0, 1.0)
-    factor = np.where(stack < 0.2 * delta, factor * VERY_LOW_FACTOR, factor)
-    factor = np.clip(factor, LAMBDA_FLOOR, 1.0)
+    factor = np.where(stack < 0.2 * delta, factor * very_low_factor, factor)
+    factor = np.clip(factor, floor, 1.0)
     return from_stack(np.where(stack < delta, stack * factor, stack), single, dtype)
