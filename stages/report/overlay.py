@@ -1,0 +1,208 @@
+"""Pure image functions of the report: colour a map, lay it over its image, outline the ground truth.
+
+Every function takes and returns arrays (images are ``(H, W, 3)`` uint8 RGB) and never mutates its
+inputs. A map is brought to the image's size with the scoring stage's bilinear convention
+(:func:`stages.score.metrics.resize_bilinear`, OpenCV ``INTER_LINEAR``), so a report shows the very
+maps the metrics were computed on. Normalising a raw, signed map to [0, 1] is the caller's explicit
+step (the report uses :func:`stages.score.stage.unit_map`, the scoring stage's rule).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+#: Long side (pixels) under which :func:`publication_scale` enlarges an image by an integer factor.
+PUBLICATION_MIN_SIDE = 288
+
+
+def _as_image(image, name: str = "image") -> np.ndarray:
+    arr = np.asarray(image)
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError(f"{name}: expected an RGB array of shape (H, W, 3), got shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        raise ValueError(f"{name}: expected dtype uint8, got {arr.dtype}")
+    return arr
+
+
+def _as_unit_map(heatmap, name: str = "heatmap") -> np.ndarray:
+    arr = np.asarray(heatmap)
+    if arr.ndim != 2 or arr.size == 0:
+        raise ValueError(f"{name}: expected a non-empty 2-D array (h, w), got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+        raise ValueError(f"{name}: expected a real-valued array, got dtype {arr.dtype}")
+    arr = arr.astype(np.float64, copy=False)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name}: contains NaN or infinite values")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < -1e-6 or hi > 1 + 1e-6:
+        raise ValueError(f"{name}: values must lie in [0, 1], got [{lo:.4g}, {hi:.4g}]; normalise the map first "
+                         "(e.g. stages.score.stage.unit_map)")
+    return np.clip(arr, 0.0, 1.0)
+
+
+def heatmap_rgba(heatmap, *, cmap: str = "jet") -> np.ndarray:
+    """Colour a map with a matplotlib colour map.
+
+    Parameters
+    ----------
+    heatmap : ndarray of shape (h, w)
+        Values in [0, 1].
+    cmap : str, default "jet"
+        A matplotlib colour map name (jet is what Grad-CAM figures, the paper's included, use).
+
+    Returns
+    -------
+    ndarray of shape (h, w, 4), uint8
+        RGBA, alpha 255.
+    """
+    import matplotlib
+
+    arr = _as_unit_map(heatmap)
+    try:
+        colours = matplotlib.colormaps[cmap]
+    except KeyError:
+        raise ValueError(f"cmap: unknown matplotlib colour map {cmap!r}") from None
+    return colours(arr, bytes=True)
+
+
+def overlay(image, heatmap, *, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
+    """Blend a coloured map over its image: ``(1 - alpha) * image + alpha * colour(map)``.
+
+    Parameters
+    ----------
+    image : ndarray of shape (H, W, 3), uint8
+    heatmap : ndarray of shape (h, w)
+        Values in [0, 1] on any grid covering the whole image; upsampled bilinearly to (H, W) with
+        :func:`stages.score.metrics.resize_bilinear` (the scoring stage's convention).
+    alpha : float, default 0.5
+        Weight of the colour map, in [0, 1].
+    cmap : str, default "jet"
+
+    Returns
+    -------
+    ndarray of shape (H, W, 3), uint8
+    """
+    from stages.score.metrics import resize_bilinear
+
+    img = _as_image(image)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha: expected a weight in [0, 1], got {alpha}")
+    up = np.clip(resize_bilinear(_as_unit_map(heatmap), img.shape[:2]), 0.0, 1.0)
+    heat = heatmap_rgba(up, cmap=cmap)[..., :3].astype(np.float64)
+    out = (1.0 - alpha) * img.astype(np.float64) + alpha * heat
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def label_colors(labels) -> dict[int, tuple[int, int, int]]:
+    """A distinct RGB colour per object label (matplotlib's tab10, then tab20, in label order)."""
+    import matplotlib
+
+    palette = [tuple(int(round(255 * c)) for c in rgb[:3])
+               for name in ("tab10", "tab20") for rgb in matplotlib.colormaps[name].colors]
+    return {int(lab): palette[i % len(palette)] for i, lab in enumerate(sorted(set(int(v) for v in labels)))}
+
+
+def outline(image, semantic_mask, *, colors: Mapping[int, tuple[int, int, int]] | None = None,
+            thickness: int = 2) -> np.ndarray:
+    """Draw the outline of every ground-truth object, one colour per label.
+
+    Parameters
+    ----------
+    image : ndarray of shape (H, W, 3), uint8
+    semantic_mask : ndarray of shape (H, W), int
+        Pixel = object label, 0 = background (:func:`stages.ingest.loaders.load_mask`).
+    colors : mapping of int to RGB triple, optional
+        Colour per label; default :func:`label_colors` of the labels present.
+    thickness : int, default 2
+        Outline width in pixels, drawn inside each object (>= 1).
+
+    Returns
+    -------
+    ndarray of shape (H, W, 3), uint8
+    """
+    from skimage.morphology import dilation
+    from skimage.segmentation import find_boundaries
+
+    img = _as_image(image)
+    mask = np.asarray(semantic_mask)
+    if mask.shape != img.shape[:2]:
+        raise ValueError(f"semantic_mask: shape {mask.shape} differs from the image's {img.shape[:2]}")
+    if int(thickness) != thickness or thickness < 1:
+        raise ValueError(f"thickness: expected a positive integer, got {thickness}")
+    labels = [int(v) for v in np.unique(mask) if v != 0]
+    colors = dict(colors) if colors is not None else label_colors(labels)
+    missing = [lab for lab in labels if lab not in colors]
+    if missing:
+        raise ValueError(f"colors: no colour for label(s) {', '.join(map(str, missing))}")
+    out = img.copy()
+    footprint = np.ones((2 * thickness - 1,) * 2, dtype=bool)
+    for lab in labels:
+        inside = np.pad(mask == lab, 1)  # padded, so an object cut by the image border is closed there too
+        edge = (dilation(find_boundaries(inside, mode="inner"), footprint) & inside)[1:-1, 1:-1]
+        out[edge] = colors[lab]
+    return out
+
+
+def publication_scale(shape: tuple[int, int], *, min_side: int = PUBLICATION_MIN_SIDE) -> int:
+    """Integer enlargement that brings an image's long side to at least ``min_side`` (1 if it already is)."""
+    long_side = max(int(shape[0]), int(shape[1]))
+    return max(1, -(-min_side // long_side))
+
+
+def upscale_nearest(image, factor: int) -> np.ndarray:
+    """Enlarge an image (or a label mask) by an integer factor, nearest neighbour (labels stay labels)."""
+    if int(factor) != factor or factor < 1:
+        raise ValueError(f"factor: expected a positive integer, got {factor}")
+    arr = np.asarray(image)
+    return arr if factor == 1 else np.repeat(np.repeat(arr, factor, axis=0), factor, axis=1)
+
+
+def fit_image(image, long_side: int) -> np.ndarray:
+    """Resize an RGB image so its long side is ``long_side``: nearest when enlarging, area-averaging when shrinking."""
+    from PIL import Image
+
+    img = _as_image(image)
+    h, w = img.shape[:2]
+    scale = long_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if size == (w, h):
+        return img.copy()
+    resample = Image.NEAREST if scale > 1 else Image.BOX
+    return np.asarray(Image.fromarray(img).resize(size, resample))
+
+
+def fit_mask(mask, shape: tuple[int, int]) -> np.ndarray:
+    """Resize a label mask to ``shape`` (H, W) by nearest neighbour."""
+    from PIL import Image
+
+    arr = np.asarray(mask).astype(np.int32)
+    if arr.shape == tuple(shape):
+        return arr
+    return np.asarray(Image.fromarray(arr).resize((shape[1], shape[0]), Image.NEAREST)).astype(np.int32)
+
+
+def encode_png(array, *, colors: int | None = None) -> bytes:
+    """PNG bytes of a uint8 RGB (H, W, 3) or grey (H, W) array; ``colors`` quantises to a palette (smaller files)."""
+    from PIL import Image
+
+    arr = np.asarray(array)
+    if arr.dtype != np.uint8 or arr.ndim not in (2, 3):
+        raise ValueError(f"array: expected a uint8 (H, W) or (H, W, 3) array, got {arr.dtype} {arr.shape}")
+    im = Image.fromarray(arr)
+    if colors is not None:
+        im = im.quantize(colors=colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def save_png(array, path) -> Path:
+    """Write a uint8 RGB (H, W, 3) or grey (H, W) array as a PNG (parent directories created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(encode_png(array))
+    return path
