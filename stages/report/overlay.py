@@ -185,8 +185,11 @@ def fit_mask(mask, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(arr).resize((shape[1], shape[0]), Image.NEAREST)).astype(np.int32)
 
 
-def encode_png(array, *, colors: int | None = None) -> bytes:
-    """PNG bytes of a uint8 RGB (H, W, 3) or grey (H, W) array; ``colors`` quantises to a palette (smaller files)."""
+def encode_png(array, *, colors: int | None = None, compress_level: int = 3) -> bytes:
+    """PNG bytes of a uint8 RGB (H, W, 3) or grey (H, W) array; ``colors`` quantises to a palette (smaller files).
+
+    zlib level 3 writes 2.5x faster than PIL's default 6 for 17 % larger files; a report writes thousands.
+    """
     from PIL import Image
 
     arr = np.asarray(array)
@@ -196,7 +199,7 @@ def encode_png(array, *, colors: int | None = None) -> bytes:
     if colors is not None:
         im = im.quantize(colors=colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
     buf = io.BytesIO()
-    im.save(buf, format="PNG")
+    im.save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()
 
 
