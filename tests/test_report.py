@@ -22,7 +22,7 @@ from stages.synth.write import write_dataset
 from stages.toy.model import ToyConfig, ToyDMLLM
 
 PRESETS = ("gradcam", "ablation-baseline", "ablation-full")
-N_SAMPLES, SIZE = 3, 96
+N_SAMPLES, SIZE = 2, 96
 
 
 def _jet(v: float) -> np.ndarray:
@@ -224,3 +224,23 @@ def test_cli_writes_the_report(run_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["report", str(run_dir), "--out", str(tmp_path / "cli"), "--methods", "nope"])
     assert "unknown method(s) nope" in capsys.readouterr().err
+
+
+def test_a_sample_without_its_image_is_reported_as_failed(run_dir, tmp_path):
+    import shutil
+
+    run = json.loads((run_dir / "run.json").read_text())
+    data = tmp_path / "data"
+    shutil.copytree(run["dataset"], data)
+    images = sorted((data / "image").glob("*.jpg"))
+    images[0].unlink()
+    moved = tmp_path / "run"
+    moved.mkdir()
+    run.update(store=str(tmp_path / "gone"), dataset=str(data))  # no store: image paths come from the dataset
+    (moved / "run.json").write_text(json.dumps(run))
+    path = build_report(moved, methods=["gradcam"])
+    statuses = {s.sample_id: s for s in read_manifest(path.parent, "report").samples}
+    assert statuses[images[0].stem].status == "failed" and "image" in statuses[images[0].stem].reason
+    assert all(s.status == "ok" for sid, s in statuses.items() if sid != images[0].stem)
+    page = path.read_text()
+    assert "not rendered" in page and "(not readable now)" in page
