@@ -425,6 +425,14 @@ def _render_sample(view: _SampleView, presets: list[_Preset], out: Path, thumb: 
     return "\n".join(parts)
 
 
+def _contents(ids: list[str], statuses: list[SampleStatus]) -> str:
+    """Links to every sample section; failed samples marked."""
+    failed = {s.sample_id for s in statuses if s.status == "failed"}
+    links = " ".join(f"<a href='#s-{html.escape(sid)}'{' class=failed' if sid in failed else ''}>{html.escape(sid)}</a>"
+                     for sid in ids)
+    return f"<p class='note'>{links}</p>\n"
+
+
 def _caption(p: _Preset, sid: str, target: int, layer: int, kind: str) -> str:
     iou_name, hit_name = CAPTION_METRICS.get(kind, CAPTION_METRICS["contrastive"])
     iou = p.captions.get((sid, target, layer, iou_name))
@@ -549,7 +557,7 @@ def build_report(
             + "<h2>Samples</h2>\n<p class='note'>Rows: generated words in order, then the whole response; "
             "columns: methods. Maps ReLU'd and divided by their maximum (as scored), jet colour map; captions: "
             "Obj-IoU against the named object and the pointing game (word rows), against the best object "
-            "(response row).</p>\n" + "\n".join(sections) + note + "\n</body></html>\n"
+            "(response row).</p>\n" + _contents(shown, statuses) + "\n".join(sections) + note + "\n</body></html>\n"
         )
         (tmp / "report.html").write_text(page, encoding="utf-8")
         _write_report_manifest(tmp, run, presets, store, statuses, max_samples, methods, thumb_size, t0)
