@@ -50,7 +50,8 @@ def capture_dataset(
     overwrite: bool = False,
     sample_ids: list[str] | None = None,
     on_sample: Callable[[str, str], None] | None = None,
-) -> StageManifest:
+    finalize_store: bool = True,
+) -> StageManifest | None:
     """Capture every sample of the dataset at ``data`` into the store at ``out``.
 
     Parameters
@@ -67,6 +68,8 @@ def capture_dataset(
         Capture only the first ``limit`` samples.
     sample_ids : list of str, optional
         Capture only these samples (a shard).
+    finalize_store : bool
+        Write the manifest when done (shards leave that to :func:`finalize` once all are done).
     on_sample : callable(sample_id, status), optional
         Called after each sample (progress bars).
     """
@@ -127,6 +130,8 @@ def capture_dataset(
             on_sample(s.sample_id, status)
         gc.collect()
 
+    if not finalize_store:
+        return None
     return finalize(store, data=data, seconds=time.perf_counter() - t0)
 
 

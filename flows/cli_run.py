@@ -1,0 +1,142 @@
+"""``dcam run``, ``dcam serve`` and ``dcam demo``: the pipeline as Prefect flows."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import typer
+
+from schemas.errors import DcamError
+
+DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
+
+
+def _print_table(run: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from flows.pipeline import summary_table
+
+    df = summary_table(run)
+    if df.empty:
+        return
+    cols = [c for c in ("method", "n_samples", "n_maps", "obj_iou", "contrast", "concentration", "f3",
+                        "pointing_accuracy", "obj_iou_word", "pointing_accuracy_word", "f1_iou") if c in df.columns]
+    t = Table(*cols, title="metrics per method (dataset-level; F3 from the means)")
+    for _, r in df[cols].iterrows():
+        t.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in r.tolist()])
+    Console().print(t)
+
+
+def run(
+    config: Path = typer.Argument(..., help="Run configuration (YAML; see flows/configs/demo.yaml)."),
+    flow: str = typer.Option("pipeline", "--flow", help="pipeline (capture + explain), capture, explain or sweep."),
+    store: Path = typer.Option(None, "--store", help="explain flow: an existing capture store (default: the config's)."),
+    runner: str = typer.Option(None, "--runner", help="Task runner: thread, sequential or dask (overrides the config)."),
+    dask_address: str = typer.Option(None, "--dask-address", help="tcp://HOST:PORT of an existing Dask scheduler."),
+    as_json: bool = typer.Option(False, "--json", help="Print per stage whether it was computed or cached and where its output is."),
+) -> None:
+    """Run a Prefect flow from a run configuration; stage outputs are cached by content.
+
+    A second identical run reports every stage 'cached'; changing one module's parameter recomputes that module
+    and the stages after it. Starts a temporary Prefect server unless PREFECT_API_URL points at one.
+    """
+    from flows.config import load_config
+
+    cfg = load_config(config)
+    if runner:
+        if runner not in ("thread", "sequential", "dask"):
+            raise DcamError(f"--runner must be thread, sequential or dask, got {runner!r}")
+        cfg = cfg.model_copy(update={"runner": runner})
+    if dask_address:
+        cfg = cfg.model_copy(update={"runner": "dask", "dask_address": dask_address})
+    from flows.prefect_flows import FLOWS, with_runner
+
+    if flow not in FLOWS:
+        raise DcamError(f"--flow must be one of {', '.join(FLOWS)}, got {flow!r}")
+    f = with_runner(FLOWS[flow], cfg)
+    kwargs = {"config": cfg.model_dump()}
+    if flow == "explain" and store is not None:
+        kwargs["store"] = str(store)
+    result = f(**kwargs)
+    stages = result.get("stage_results", result.get("stages", []))
+    if as_json:
+        typer.echo(json.dumps({"flow": flow, "root": cfg.root, "stages": stages,
+                               "report": result.get("report", {}).get("path")}, indent=2, default=str))
+        return
+    n_c = sum(s.get("status") == "computed" for s in stages)
+    typer.echo(f"{flow}: {len(stages)} stage outputs, {n_c} computed, {len(stages) - n_c} cached; root {cfg.root}")
+    if "presets" in result:
+        _print_table(result)
+    if result.get("report"):
+        typer.echo(f"report: {result['report']['path']}")
+
+
+def serve(
+    config: Path = typer.Argument(..., help="Run configuration (YAML)."),
+    cron: str = typer.Option(None, "--cron", help='Cron schedule, e.g. "0 2 * * *" (nightly at 02:00).'),
+    interval: int = typer.Option(None, "--interval", help="Run every N seconds."),
+    name: str = typer.Option(None, "--name", help="Deployment name (default: the config's name)."),
+    limit: int = typer.Option(1, "--limit", help="Most runs at once (default 1: a run that outlasts the interval delays the next)."),
+) -> None:
+    """Serve the pipeline as a scheduled Prefect deployment (long-running; Ctrl-C stops it).
+
+    Needs a Prefect server (schedules do not run on the temporary one): start 'prefect server start' and set
+    PREFECT_API_URL=http://127.0.0.1:4200/api. See the README for Postgres in production.
+    """
+    from flows.config import load_config
+
+    if (cron is None) == (interval is None):
+        raise DcamError("give exactly one of --cron or --interval")
+    if interval is not None and interval < 1:
+        raise DcamError(f"--interval must be >= 1 second, got {interval}")
+    if not os.environ.get("PREFECT_API_URL"):
+        raise DcamError("scheduled runs need a Prefect server: run 'prefect server start' and set "
+                        "PREFECT_API_URL=http://127.0.0.1:4200/api (the temporary server does not run schedules)")
+    cfg = load_config(config)
+    cfg = cfg.model_copy(update={"root": str(Path(cfg.root).resolve())})
+    from flows.prefect_flows import pipeline_flow, with_runner
+
+    f = with_runner(pipeline_flow, cfg)
+    kw = {"cron": cron} if cron else {"interval": interval}
+    if limit < 1:
+        raise DcamError(f"--limit must be >= 1, got {limit}")
+    f.serve(name=name or cfg.name, parameters={"config": cfg.model_dump()}, limit=limit, **kw)
+
+
+def demo(
+    out: Path = typer.Option(None, "--out", help="Artifact root (default: artifacts/demo)."),
+    count: int = typer.Option(None, "--count", help="Number of synthetic images (default 16)."),
+) -> None:
+    """The whole chain on the embedded default: synthesise data, capture with the bundled toy dMLLM, explain
+    with the presets, score, report. Prints the metrics table and the report's path. No Prefect server needed;
+    'dcam run flows/configs/demo.yaml' runs the same stages as Prefect flows.
+    """
+    from flows.config import load_config
+    from flows.pipeline import run_pipeline_plain
+    from flows.progress import progress_bar
+
+    cfg = load_config(DEMO_CONFIG)
+    upd = {}
+    if out is not None:
+        upd["root"] = str(out)
+    if count is not None:
+        if count < 1:
+            raise DcamError(f"--count must be >= 1, got {count}")
+        upd["dataset"] = cfg.dataset.model_copy(update={"synth": cfg.dataset.synth.model_copy(update={"count": count})})
+    cfg = cfg.model_copy(update=upd)
+    n = cfg.dataset.synth.count
+    with progress_bar("demo", 2 * n) as advance:
+        result = run_pipeline_plain(cfg, progress=lambda stage, k: advance(k, stage))
+    _print_table(result)
+    typer.echo(f"capture store: {result['store']}")
+    if result.get("report"):
+        typer.echo(f"report: {result['report']['path']}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run)
+    app.command("serve")(serve)
+    app.command("demo")(demo)

@@ -1,0 +1,281 @@
+"""The pipeline as plain functions, one per stage and shard (Kedro-style nodes).
+
+The Prefect flows (:mod:`flows.prefect_flows`) wrap these as coarse tasks; ``dcam demo``
+calls them directly. Every function takes paths and small configs and returns small
+dicts (paths, digests, computed/cached), never arrays.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import itertools
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from flows.config import ChainOverride, RunConfig
+from schemas.errors import DcamError
+from schemas.manifest import digest_json, read_manifest
+from stages.explain.addressing import StageResult, artifact_dir, artifact_key, is_done
+from stages.explain.runner import ChainSpec, chain_from_preset, run_stage
+
+CAPTURE_STAGE_VERSION = "1.0"
+
+
+# ------------------------------------------------------------------------------------------- chains
+def resolve_chains(cfg: RunConfig) -> list[ChainSpec]:
+    """Presets, custom chains and the sweep grid of a config, as chain specs (unique names)."""
+    chains = [chain_from_preset(n) for n in cfg.explain.presets]
+    chains += [override_chain(o) for o in cfg.explain.chains]
+    if cfg.sweep is not None:
+        chains += sweep_chains(cfg.sweep.base, cfg.sweep.grid)
+    names = [c.name for c in chains]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise DcamError(f"explain: chain names must be unique; repeated: {dup}")
+    return chains
+
+
+def override_chain(o: ChainOverride) -> ChainSpec:
+    if o.preset is None and (o.base is None or o.modules is None):
+        raise DcamError(f"chain {o.name!r}: give 'preset' to start from, or both 'base' and 'modules'")
+    spec = chain_from_preset(o.preset) if o.preset else ChainSpec(o.name, o.base, {}, (), "paper", {})
+    params = {k: dict(v) for k, v in spec.params.items()}
+    for module, p in (o.params or {}).items():
+        params.setdefault(module, {}).update(p)
+    spec = replace(
+        spec, name=o.name, base=o.base or spec.base,
+        base_options=dict(o.base_options) if o.base_options is not None else spec.base_options,
+        modules=tuple(o.modules) if o.modules is not None else spec.modules,
+        profile=o.profile or spec.profile, threshold=o.threshold if o.threshold is not None else spec.threshold,
+    )
+    stray = sorted(set(params) - set(spec.modules))
+    params = {k: v for k, v in params.items() if k in spec.modules}
+    if stray and o.params and set(stray) & set(o.params):
+        raise DcamError(f"chain {o.name!r}: parameters given for modules it does not run: {stray}")
+    return replace(spec, params=params)
+
+
+def sweep_chains(base: str, grid: dict[str, list[Any]]) -> list[ChainSpec]:
+    """One chain per combination of ``grid`` ('module.param' -> values) over preset ``base``."""
+    spec = chain_from_preset(base)
+    keys = sorted(grid)
+    for k in keys:
+        if "." not in k:
+            raise DcamError(f"sweep grid key {k!r} must be 'module.param'")
+    out = []
+    for values in itertools.product(*(grid[k] for k in keys)):
+        params = {m: dict(p) for m, p in spec.params.items()}
+        label = []
+        for k, v in zip(keys, values):
+            module, param = k.split(".", 1)
+            if module not in spec.modules:
+                raise DcamError(f"sweep: {base} does not run module {module!r}")
+            params.setdefault(module, {})[param] = v
+            label.append(f"{k}={v}")
+        out.append(replace(spec, name=f"{base}[{','.join(label)}]", params=params))
+    return out
+
+
+# ------------------------------------------------------------------------------------------- dataset
+def prepare_dataset(cfg: RunConfig) -> dict[str, Any]:
+    """The dataset directory: the configured path, or a synthetic set generated once under the root."""
+    if cfg.dataset.path is not None:
+        path = Path(cfg.dataset.path)
+        if not path.exists():
+            raise DcamError(f"dataset path {path} does not exist")
+        return {"path": str(path), "status": "external"}
+    from stages.synth.write import write_dataset
+
+    s = cfg.dataset.synth
+    conf = s.model_dump()
+    res = run_stage(Path(cfg.root), "dataset", "1.0", conf, {},
+                    lambda out: write_dataset(out, count=s.count, seed=s.seed, size=s.size), kind="dataset")
+    return {"path": res.path, "status": res.status}
+
+
+def dataset_ids(dataset: str, limit: int | None = None) -> list[str]:
+    from stages.ingest.loaders import load_dataset
+
+    loaded = load_dataset(dataset, limit=limit)
+    return sorted([s.sample_id for s in loaded.samples] + [sid for sid, _ in loaded.rejected])
+
+
+def shards(ids: list[str], size: int) -> list[list[str]]:
+    return [ids[i : i + size] for i in range(0, len(ids), size)] or [[]]
+
+
+# ------------------------------------------------------------------------------------------- capture
+@contextlib.contextmanager
+def device_lock(root: Path, device: str):
+    """At most one capture at a time per device, across processes (an exclusive file lock)."""
+    locks = root / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"capture-{device.replace(':', '_')}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def capture_config_dict(cfg: RunConfig, dataset: str) -> dict[str, Any]:
+    c = cfg.capture.model_dump()
+    c.pop("device")
+    return {"capture": c, "limit": cfg.dataset.limit, "dataset_digest": _digest(dataset)}
+
+
+def _digest(dataset: str) -> str:
+    try:
+        return read_manifest(dataset).content_digest
+    except DcamError:
+        return digest_json(str(Path(dataset).resolve()))
+
+
+def capture_path(cfg: RunConfig, dataset: str) -> Path:
+    key = artifact_key("capture", CAPTURE_STAGE_VERSION, capture_config_dict(cfg, dataset), {})
+    return artifact_dir(cfg.root, "capture", key)
+
+
+def capture_shard(cfg: RunConfig, dataset: str, shard: list[str]) -> dict[str, Any]:
+    """Capture one shard of samples into the run's store (skips samples already complete)."""
+    from schemas.capture import CaptureStore
+    from stages.capture.core import CaptureConfig, resolve_layers
+    from stages.capture.registry import load_adapter
+    from stages.capture.run import capture_dataset
+
+    store = capture_path(cfg, dataset)
+    if is_done(store, "capture"):
+        return {"store": str(store), "status": "cached", "shard": len(shard)}
+    t0 = time.perf_counter()
+    with device_lock(Path(cfg.root), cfg.capture.device):
+        if store.exists():
+            done = set(CaptureStore.open(store).sample_ids())
+            if all(s in done for s in shard):
+                return {"store": str(store), "status": "cached", "shard": len(shard)}
+        adapter = load_adapter(cfg.capture.model, device=cfg.capture.device)
+        c = cfg.capture
+        config = CaptureConfig(
+            layers=resolve_layers(adapter, c.layers), steps=c.steps or getattr(adapter, "default_steps", adapter.gen_length),
+            block_length=c.block_length or adapter.gen_length, mode=c.mode, seed=c.seed, temperature=c.temperature,
+            score=c.score, store_grads=c.store_grads,
+        )
+        capture_dataset(dataset, store, adapter=adapter, model_spec=c.model, config=config, limit=cfg.dataset.limit,
+                        sample_ids=shard, finalize_store=False)
+    return {"store": str(store), "status": "computed", "shard": len(shard), "seconds": time.perf_counter() - t0}
+
+
+def finalize_capture(cfg: RunConfig, dataset: str) -> dict[str, Any]:
+    from schemas.capture import CaptureStore
+    from stages.capture.run import finalize
+
+    store = capture_path(cfg, dataset)
+    if is_done(store, "capture"):
+        return {"store": str(store), "status": "cached", "content_digest": read_manifest(store).content_digest}
+    m = finalize(CaptureStore.open(store, mode="a"), data=dataset, seconds=0.0)
+    return {"store": str(store), "status": "computed", "content_digest": m.content_digest,
+            "n_ok": m.n_ok, "n_failed": m.n_failed}
+
+
+# ------------------------------------------------------------------------------------------- explain
+def explain_shard(cfg: RunConfig, store: str, dataset: str | None, chains: list[ChainSpec],
+                  shard: list[str] | None) -> dict[str, list[dict]]:
+    """All chains over one shard: per chain, the stage results (computed or cached)."""
+    from stages.explain.runner import explain_chain
+
+    out = {}
+    for spec in chains:
+        res = explain_chain(store, cfg.root, spec, policy=cfg.explain.policy, layers=cfg.explain.layers,
+                            steps=cfg.explain.steps, dataset=dataset if cfg.score else None, sample_ids=shard)
+        out[spec.name] = [r.to_dict() for r in res]
+    return out
+
+
+def merge_chain(cfg: RunConfig, name: str, shard_results: list[list[dict]]) -> dict[str, Any]:
+    """One maps and one scores artifact per chain over all shards (the shard's own when there is one)."""
+    from stages.explain.merge import merge_maps, merge_scores
+
+    maps = [[r for r in res if r["stage"] != "score"][-1] for res in shard_results]
+    scores = [r for res in shard_results for r in res if r["stage"] == "score"]
+    if len(shard_results) == 1:
+        return {"maps": maps[0]["path"], "scores": scores[0]["path"] if scores else None, "merged": []}
+    root = Path(cfg.root)
+    merged = []
+    m = run_stage(root, "merge-maps", "1.0", {}, {f"s{i}": r["content_digest"] for i, r in enumerate(maps)},
+                  lambda o: merge_maps([r["path"] for r in maps], o), kind="maps")
+    merged.append(m.to_dict())
+    s = None
+    if scores:
+        s = run_stage(root, "merge-scores", "1.0", {}, {f"s{i}": r["content_digest"] for i, r in enumerate(scores)},
+                      lambda o: merge_scores([r["path"] for r in scores], o), kind="scores")
+        merged.append(s.to_dict())
+    return {"maps": m.path, "scores": s.path if s else None, "merged": merged}
+
+
+def write_run(cfg: RunConfig, store: str, dataset: str | None, chains: list[ChainSpec],
+              shard_results: list[dict[str, list[dict]]]) -> dict[str, Any]:
+    """Merge shards and write ``ROOT/run.json`` (what ``dcam report ROOT`` reads)."""
+    import json
+    import uuid
+
+    run: dict[str, Any] = {"name": cfg.name, "store": store, "dataset": dataset, "policy": cfg.explain.policy,
+                           "layers": cfg.explain.layers, "presets": {}}
+    for spec in chains:
+        per_shard = [sr[spec.name] for sr in shard_results]
+        merged = merge_chain(cfg, spec.name, per_shard)
+        stages = [{**r, "shard": i} for i, res in enumerate(per_shard) for r in res] + merged["merged"]
+        run["presets"][spec.name] = {"stages": stages, "maps": merged["maps"], "scores": merged["scores"],
+                                     "chain": [spec.base, *spec.modules], "profile": spec.profile}
+    root = Path(cfg.root)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".run.json.{uuid.uuid4().hex[:8]}"
+    tmp.write_text(json.dumps(run, indent=2))
+    os.replace(tmp, root / "run.json")
+    return run
+
+
+def build_report(cfg: RunConfig) -> dict[str, Any]:
+    from stages.report.build import build_report as build
+
+    t0 = time.perf_counter()
+    path = build(Path(cfg.root))
+    return {"stage": "report", "path": str(path), "status": "computed", "seconds": time.perf_counter() - t0}
+
+
+def summary_table(run: dict[str, Any]):
+    """The per-method metrics table of a run (one row per chain)."""
+    import pandas as pd
+
+    frames = []
+    for name, entry in run["presets"].items():
+        if entry.get("scores"):
+            df = pd.read_csv(Path(entry["scores"]) / "summary.csv")
+            df["method"] = name
+            frames.append(df)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def run_pipeline_plain(cfg: RunConfig, *, progress=None) -> dict[str, Any]:
+    """The whole pipeline without Prefect (``dcam demo``): same stages, same artifacts."""
+    ds = prepare_dataset(cfg)
+    dataset = ds["path"]
+    ids = dataset_ids(dataset, cfg.dataset.limit)
+    parts = shards(ids, cfg.shard_size)
+    for shard in parts:
+        capture_shard(cfg, dataset, shard)
+        if progress:
+            progress("capture", len(shard))
+    cap = finalize_capture(cfg, dataset)
+    chains = resolve_chains(cfg)
+    results = []
+    for shard in parts:
+        results.append(explain_shard(cfg, cap["store"], dataset, chains, shard))
+        if progress:
+            progress("explain", len(shard))
+    run = write_run(cfg, cap["store"], dataset, chains, results)
+    if cfg.report and cfg.score:
+        run["report"] = build_report(cfg)
+    return run

@@ -1,0 +1,217 @@
+"""Prefect flows: ``capture_flow``, ``explain_flow``, ``pipeline_flow``, ``sweep_flow``.
+
+Tasks are coarse: one per stage group per shard of samples, never one per sample.
+They pass paths and small dicts, never arrays. Two layers of caching:
+
+* every stage output is content-addressed on disk (``stages.explain.addressing``): the
+  path digests the stage, its config and its inputs' content, so a stage whose output
+  exists is reported ``cached`` and not recomputed;
+* the per-shard explain task has a Prefect cache key over the same ingredients (the
+  capture manifest's digest, the chains, the shard, the dataset digest) with results
+  persisted as JSON under ``ROOT/.prefect-results``; a cached result whose artifacts were
+  deleted from disk is recomputed (the flow checks the paths).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from flows import pipeline as P
+from flows.config import RunConfig
+from schemas.manifest import code_version, digest_json, read_manifest
+
+
+def _cfg(config: dict[str, Any]) -> RunConfig:
+    return RunConfig.model_validate(config)
+
+
+@task(name="prepare-dataset", cache_policy=NO_CACHE)
+def prepare_dataset_task(config: dict[str, Any]) -> dict[str, Any]:
+    cfg = _cfg(config)
+    ds = P.prepare_dataset(cfg)
+    ds["ids"] = P.dataset_ids(ds["path"], cfg.dataset.limit)
+    return ds
+
+
+@task(name="capture-shard", cache_policy=NO_CACHE, tags=["gpu"])
+def capture_shard_task(config: dict[str, Any], dataset: str, shard: list[str]) -> dict[str, Any]:
+    return P.capture_shard(_cfg(config), dataset, shard)
+
+
+@task(name="finalize-capture", cache_policy=NO_CACHE)
+def finalize_capture_task(config: dict[str, Any], dataset: str) -> dict[str, Any]:
+    return P.finalize_capture(_cfg(config), dataset)
+
+
+def _explain_key(context, parameters) -> str:
+    cfg = _cfg(parameters["config"])
+    chains = [c.__dict__ for c in P.resolve_chains(cfg)]
+    store = parameters["store"]
+    cap = read_manifest(store).content_digest
+    ds = P._digest(parameters["dataset"]) if parameters.get("dataset") else None
+    return "explain-" + digest_json({
+        "capture": cap, "chains": chains, "explain": cfg.explain.model_dump(), "score": cfg.score,
+        "shard": parameters["shard"], "dataset": ds, "code": code_version(),
+    })[:32]
+
+
+@task(name="explain-shard", cache_key_fn=_explain_key, persist_result=True, result_serializer="json")
+def explain_shard_task(config: dict[str, Any], store: str, dataset: str | None, shard: list[str]) -> dict[str, Any]:
+    cfg = _cfg(config)
+    return P.explain_shard(cfg, store, dataset, P.resolve_chains(cfg), shard)
+
+
+@task(name="write-run", cache_policy=NO_CACHE)
+def write_run_task(config: dict[str, Any], store: str, dataset: str | None, shard_results: list[dict]) -> dict[str, Any]:
+    cfg = _cfg(config)
+    return P.write_run(cfg, store, dataset, P.resolve_chains(cfg), shard_results)
+
+
+@task(name="report", cache_policy=NO_CACHE)
+def report_task(config: dict[str, Any]) -> dict[str, Any]:
+    return P.build_report(_cfg(config))
+
+
+def _runner(cfg: RunConfig):
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    if cfg.runner == "dask":
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError:
+            from schemas.errors import DcamError
+
+            raise DcamError("runner 'dask' needs prefect-dask: pip install 'diffusion-cam[dask]'") from None
+        if cfg.dask_address:
+            return DaskTaskRunner(address=cfg.dask_address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": True,
+                                              "dashboard_address": None})
+    return ThreadPoolTaskRunner(max_workers=1 if cfg.runner == "sequential" else 2)
+
+
+def _paths_exist(result: dict[str, list[dict]]) -> bool:
+    return all(Path(r["path"]).exists() for stages in result.values() for r in stages)
+
+
+def _explain_shards(cfg: RunConfig, store: str, dataset: str | None, ids: list[str]) -> list[dict]:
+    config = cfg.model_dump()
+    parts = P.shards(ids, cfg.shard_size)
+    futures = [explain_shard_task.submit(config, store, dataset, shard) for shard in parts]
+    results = []
+    for shard, fut in zip(parts, futures):
+        fut.wait()
+        state = fut.state
+        res = state.result()
+        if state.name == "Cached":
+            if _paths_exist(res):
+                res = {name: [{**r, "status": "cached"} for r in stages] for name, stages in res.items()}
+            else:  # the cache outlived its artifacts: recompute
+                res = explain_shard_task.with_options(refresh_cache=True)(config, store, dataset, shard)
+        results.append(res)
+    return results
+
+
+def _capture(cfg: RunConfig) -> tuple[str, dict[str, Any], list[str]]:
+    config = cfg.model_dump()
+    ds = prepare_dataset_task(config)
+    dataset = ds["path"]
+    # The GPU stage: shards one after another (and a file lock per device across runs).
+    caps = [capture_shard_task(config, dataset, shard) for shard in P.shards(ds["ids"], cfg.shard_size)]
+    fin = finalize_capture_task(config, dataset)
+    status = "cached" if all(c["status"] == "cached" for c in caps) and fin["status"] == "cached" else "computed"
+    return dataset, {"stage": "capture", "path": fin["store"], "status": status}, ds["ids"]
+
+
+def _publish(cfg: RunConfig, run: dict[str, Any]) -> None:
+    """Prefect artifacts for auditing: a markdown summary, the metrics table, links to outputs."""
+    from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+
+    key = "".join(ch if ch.isalnum() else "-" for ch in cfg.name.lower()).strip("-") or "run"
+    table = P.summary_table(run)
+    lines = [f"# diffusion-cam run `{cfg.name}`", "", f"- capture store: `{run['store']}`",
+             f"- dataset: `{run['dataset']}`", f"- root: `{cfg.root}`"]
+    if "report" in run:
+        lines.append(f"- report: `{run['report']['path']}`")
+    lines += ["", "| chain | stages computed | stages cached |", "|---|---|---|"]
+    for name, entry in run["presets"].items():
+        n_c = sum(s["status"] == "computed" for s in entry["stages"])
+        n_k = sum(s["status"] == "cached" for s in entry["stages"])
+        lines.append(f"| {name} | {n_c} | {n_k} |")
+    create_markdown_artifact(key=f"{key}-summary", markdown="\n".join(lines), description="diffusion-cam run summary")
+    if not table.empty:
+        cols = [c for c in ("method", "n_samples", "obj_iou", "contrast", "concentration", "f3", "pointing_accuracy",
+                            "obj_iou_word", "f1_iou") if c in table.columns]
+        rows = table[cols].round(4).astype(object).where(table[cols].notna(), None).to_dict(orient="records")
+        create_table_artifact(key=f"{key}-metrics", table=rows, description="dataset-level metrics per chain")
+    if "report" in run:
+        create_link_artifact(key=f"{key}-report", link=Path(run["report"]["path"]).resolve().as_uri(),
+                             description="self-contained HTML report")
+    create_link_artifact(key=f"{key}-capture", link=Path(run["store"]).resolve().as_uri(), description="capture store")
+
+
+@flow(name="capture_flow", log_prints=True)
+def capture_flow(config: dict[str, Any]) -> dict[str, Any]:
+    """The GPU stage: dataset -> capture store."""
+    cfg = _cfg(config)
+    dataset, cap, _ids = _capture(cfg)
+    return {"stages": [cap], "store": cap["path"], "dataset": dataset}
+
+
+def _explain(cfg: RunConfig, store: str, dataset: str, ids: list[str], stages: list[dict]) -> dict[str, Any]:
+    config = cfg.model_dump()
+    results = _explain_shards(cfg, store, dataset if cfg.score else None, ids)
+    run = write_run_task(config, store, dataset, results)
+    if cfg.report and cfg.score:
+        run["report"] = report_task(config)
+    for name, entry in run["presets"].items():
+        for s in entry["stages"]:
+            stages.append({"chain": name, **s})
+    if "report" in run:
+        stages.append(run["report"])
+    run["stage_results"] = stages
+    _publish(cfg, run)
+    return run
+
+
+@flow(name="explain_flow", log_prints=True)
+def explain_flow(config: dict[str, Any], store: str | None = None) -> dict[str, Any]:
+    """select -> gradcam -> modules -> score -> report, from an existing capture store (CPU only)."""
+    cfg = _cfg(config)
+    ds = prepare_dataset_task(cfg.model_dump())
+    if store is None:
+        store = str(P.capture_path(cfg, ds["path"]))
+    from schemas.capture import CaptureStore
+
+    ids = CaptureStore.open(store).sample_ids()
+    return _explain(cfg, store, ds["path"], ids, [])
+
+
+@flow(name="pipeline_flow", log_prints=True)
+def pipeline_flow(config: dict[str, Any]) -> dict[str, Any]:
+    """capture_flow then explain_flow."""
+    cfg = _cfg(config)
+    dataset, cap, ids = _capture(cfg)
+    return _explain(cfg, cap["path"], dataset, ids, [cap])
+
+
+@flow(name="sweep_flow", log_prints=True)
+def sweep_flow(config: dict[str, Any]) -> dict[str, Any]:
+    """A grid of presets or module parameters over one capture (e.g. the paper's ablation table)."""
+    cfg = _cfg(config)
+    if cfg.sweep is None and len(cfg.explain.presets) + len(cfg.explain.chains) < 2:
+        from schemas.errors import DcamError
+
+        raise DcamError("sweep_flow needs a 'sweep' grid or several presets/chains in the config")
+    dataset, cap, ids = _capture(cfg)
+    return _explain(cfg, cap["path"], dataset, ids, [cap])
+
+
+FLOWS = {"pipeline": pipeline_flow, "capture": capture_flow, "explain": explain_flow, "sweep": sweep_flow}
+
+
+def with_runner(flow_obj, cfg: RunConfig):
+    return flow_obj.with_options(task_runner=_runner(cfg), result_storage=Path(cfg.root).resolve() / ".prefect-results")

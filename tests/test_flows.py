@@ -1,0 +1,223 @@
+"""Prefect flows: caching and invalidation, config-driven chains, kill-and-resume, concurrency,
+Dask runner, scheduled serving (issue 6). One Prefect test harness for the whole session."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from flows.config import RunConfig
+
+pytestmark = pytest.mark.prefect
+
+ROOT = Path(__file__).resolve().parent.parent
+DCAM = [sys.executable, "-m", "flows.cli"]
+
+
+@pytest.fixture(scope="session")
+def harness():
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield PREFECT_API_URL.value()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    from stages.toy.model import ToyConfig, ToyDMLLM
+
+    torch.manual_seed(0)
+    model = ToyDMLLM(ToyConfig(vision_hidden_size=32, hidden_size=32, intermediate_size=64, num_layers=3,
+                               num_heads=2, gen_length=8))
+    return model.save_pretrained(tmp_path_factory.mktemp("flows") / "model")
+
+
+def make_config(tmp_path, tiny_model, **over):
+    cfg = {
+        "name": "t", "root": str(tmp_path / "root"),
+        "dataset": {"synth": {"count": 4, "seed": 5}},
+        "capture": {"model": f"toy:{tiny_model}", "steps": 4},
+        "explain": {"presets": ["gradcam"], "chains": [{"name": "dc", "preset": "diffusion-cam-reference"}]},
+        "report": False, "shard_size": 2,
+    }
+    for k, v in over.items():
+        cfg[k] = v
+    return RunConfig.model_validate(cfg)
+
+
+def statuses(result):
+    return [(s.get("chain"), s["stage"], s.get("shard"), s["status"]) for s in result["stage_results"]]
+
+
+def test_cached_rerun_and_one_parameter_invalidation(harness, tmp_path, tiny_model):
+    from flows.prefect_flows import pipeline_flow, with_runner
+
+    cfg = make_config(tmp_path, tiny_model)
+    first = with_runner(pipeline_flow, cfg)(config=cfg.model_dump())
+    assert all(st == "computed" for c, stage, sh, st in statuses(first) if stage != "select" or c == "gradcam")
+    second = with_runner(pipeline_flow, cfg)(config=cfg.model_dump())
+    assert {st for *_, st in statuses(second)} == {"cached"}
+    assert len(statuses(second)) == len(statuses(first))
+    # change one CBA parameter of the 'dc' chain: exactly cba and what follows it recompute
+    over = dict(cfg.explain.model_dump())
+    over["chains"] = [{"name": "dc", "preset": "diffusion-cam-reference", "params": {"cba": {"floor": 0.2}}}]
+    cfg3 = make_config(tmp_path, tiny_model, explain=over)
+    third = with_runner(pipeline_flow, cfg3)(config=cfg3.model_dump())
+    computed = {(c, stage) for c, stage, sh, st in statuses(third) if st == "computed"}
+    assert computed == {("dc", "cba"), ("dc", "normalize"), ("dc", "sicd"), ("dc", "score"),
+                        ("dc", "merge-maps"), ("dc", "merge-scores")}
+    # the reference DACG is inert (method.md 1.5(b)): a new DACG parameter recomputes DACG, whose output is
+    # byte-identical, so content addressing finds everything after it already computed
+    over["chains"] = [{"name": "dc", "preset": "diffusion-cam-reference",
+                       "params": {"cba": {"floor": 0.2}, "dacg": {"delta_sigma": 0.05}}}]
+    cfg4 = make_config(tmp_path, tiny_model, explain=over)
+    fourth = with_runner(pipeline_flow, cfg4)(config=cfg4.model_dump())
+    assert {(c, stage) for c, stage, sh, st in statuses(fourth) if st == "computed"} == {("dc", "dacg")}
+    run = json.loads((Path(cfg.root) / "run.json").read_text())
+    assert set(run["presets"]) == {"gradcam", "dc"}
+
+
+def test_modules_removed_and_reordered_from_config(harness, tmp_path, tiny_model):
+    from flows.prefect_flows import explain_flow, pipeline_flow, with_runner
+
+    explain = {"presets": [], "chains": [
+        {"name": "reordered", "preset": "diffusion-cam-reference", "modules": ["cba", "akd"]},
+        {"name": "bare", "preset": "diffusion-cam-reference", "modules": []},
+    ]}
+    cfg = make_config(tmp_path, tiny_model, explain=explain, shard_size=4)
+    res = with_runner(pipeline_flow, cfg)(config=cfg.model_dump())
+    order = {c: [stage for cc, stage, sh, st in statuses(res) if cc == c] for c in ("reordered", "bare")}
+    assert order["reordered"] == ["select", "gradcam", "cba", "akd", "score"]
+    assert order["bare"] == ["select", "gradcam", "score"]
+    # the explain flow alone, from the existing capture: everything cached
+    again = with_runner(explain_flow, cfg)(config=cfg.model_dump())
+    assert {st for *_, st in statuses(again)} == {"cached"}
+
+
+def test_dask_runner(harness, tmp_path, tiny_model):
+    pytest.importorskip("prefect_dask")
+    from flows.prefect_flows import pipeline_flow, with_runner
+
+    cfg = make_config(tmp_path, tiny_model, runner="dask")
+    res = with_runner(pipeline_flow, cfg)(config=cfg.model_dump())
+    assert {st for *_, st in statuses(res)} == {"computed", "cached"} or {st for *_, st in statuses(res)} == {"computed"}
+    run = json.loads((Path(cfg.root) / "run.json").read_text())
+    assert run["presets"]["gradcam"]["scores"]
+
+
+def _env(api_url):
+    env = dict(os.environ)
+    env.update({"PREFECT_API_URL": api_url, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"})
+    return env
+
+
+def _write(tmp_path, cfg):
+    p = tmp_path / "run.yaml"
+    p.write_text(yaml.safe_dump(json.loads(cfg.model_dump_json())))
+    return p
+
+
+def _partials(root: Path):
+    return [p for p in root.rglob(".*tmp-*")]
+
+
+def test_kill_and_resume(harness, tmp_path, tiny_model):
+    from schemas.capture import CaptureStore
+
+    cfg = make_config(tmp_path, tiny_model, dataset={"synth": {"count": 6, "seed": 7}}, shard_size=1)
+    path = _write(tmp_path, cfg)
+    proc = subprocess.Popen(DCAM + ["run", str(path), "--json"], env=_env(harness), cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    root = Path(cfg.root)
+    deadline = time.time() + 240
+    while time.time() < deadline:  # kill once some, not all, samples are captured
+        stores = list((root / "capture").glob("*")) if (root / "capture").exists() else []
+        if stores and (stores[0] / "zarr.json").exists() and 1 <= len(CaptureStore.open(stores[0]).sample_ids()) < 6:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    rerun = subprocess.run(DCAM + ["run", str(path), "--json"], env=_env(harness), cwd=tmp_path,
+                           capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    store = CaptureStore.open(next((root / "capture").glob("*")))
+    ids = store.sample_ids()
+    assert len(ids) == 6 == len(set(ids)) and store.incomplete_ids() == []
+    assert store.manifest().n_ok + store.manifest().n_failed == 6
+    assert _partials(root) == []
+
+
+def test_concurrent_runs_same_root(harness, tmp_path, tiny_model):
+    cfg = make_config(tmp_path, tiny_model)
+    path = _write(tmp_path, cfg)
+    procs = [subprocess.Popen(DCAM + ["run", str(path), "--json"], env=_env(harness), cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-1500:] for o in outs]
+    results = [json.loads(o[0]) for o in outs]
+    paths = [{s["path"] for s in r["stages"]} for r in results]
+    assert paths[0] == paths[1]
+    root = Path(cfg.root)
+    assert _partials(root) == []
+    for stage_dir in root.iterdir():
+        if stage_dir.name.startswith(".") or not stage_dir.is_dir():
+            continue
+        for art in stage_dir.iterdir():
+            assert (art / "manifest.json").exists() or art.suffix == ".json", art
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_served_deployment_runs_on_interval(tmp_path, tiny_model):
+    port = _free_port()
+    home = tmp_path / "prefect-home"
+    env = dict(os.environ, PREFECT_HOME=str(home), PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1",
+               PREFECT_API_URL=f"http://127.0.0.1:{port}/api", PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_RUNNER_POLL_FREQUENCY="2")
+    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                               "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    served = None
+    try:
+        import urllib.request
+
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        cfg = make_config(tmp_path, tiny_model, report=False, explain={"presets": ["gradcam"]},
+                          dataset={"synth": {"count": 2, "seed": 5}})
+        path = _write(tmp_path, cfg)
+        served = subprocess.Popen(DCAM + ["serve", str(path), "--interval", "5", "--name", "every5s"], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True, text=True)
+        run_json = Path(cfg.root) / "run.json"
+        deadline = time.time() + 240
+        while time.time() < deadline and not run_json.exists():
+            time.sleep(2)
+        assert run_json.exists(), "the served deployment did not run within 240 s"
+        assert json.loads(run_json.read_text())["presets"]["gradcam"]["scores"]
+    finally:
+        for p in (served, server):
+            if p is not None:
+                os.killpg(p.pid, signal.SIGTERM)
+                try:
+                    p.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
