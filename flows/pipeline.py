@@ -137,7 +137,7 @@ def _digest(dataset: str) -> str:
 
 def capture_path(cfg: RunConfig, dataset: str) -> Path:
     key = artifact_key("capture", CAPTURE_STAGE_VERSION, capture_config_dict(cfg, dataset), {})
-    return artifact_dir(cfg.root, "capture", key)
+    return artifact_dir(Path(cfg.root).resolve(), "capture", key)
 
 
 def capture_shard(cfg: RunConfig, dataset: str, shard: list[str]) -> dict[str, Any]:
@@ -221,14 +221,16 @@ def write_run(cfg: RunConfig, store: str, dataset: str | None, chains: list[Chai
     import json
     import uuid
 
-    run: dict[str, Any] = {"name": cfg.name, "store": store, "dataset": dataset, "policy": cfg.explain.policy,
+    run: dict[str, Any] = {"name": cfg.name, "store": str(Path(store).resolve()),
+                           "dataset": str(Path(dataset).resolve()) if dataset else None, "policy": cfg.explain.policy,
                            "layers": cfg.explain.layers, "presets": {}}
     for spec in chains:
         per_shard = [sr[spec.name] for sr in shard_results]
         merged = merge_chain(cfg, spec.name, per_shard)
         stages = [{**r, "shard": i} for i, res in enumerate(per_shard) for r in res] + merged["merged"]
         run["presets"][spec.name] = {"stages": stages, "maps": merged["maps"], "scores": merged["scores"],
-                                     "chain": [spec.base, *spec.modules], "profile": spec.profile}
+                                     "chain": [spec.base, *spec.modules], "profile": spec.profile,
+                                     "threshold": spec.threshold}
     root = Path(cfg.root)
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".run.json.{uuid.uuid4().hex[:8]}"

@@ -54,7 +54,7 @@ def run_stage(root: Path, stage: str, version: str, config: dict[str, Any], inpu
               compute: Callable[[Path], StageManifest], *, kind: str | None = None) -> StageResult:
     """Compute a stage output unless it already exists; publish it atomically."""
     key = artifact_key(stage, version, config, inputs)
-    final = artifact_dir(root, stage, key)
+    final = artifact_dir(Path(root).resolve(), stage, key)
     if is_done(final, kind):
         return StageResult(stage, str(final), "cached", read_manifest(final).content_digest)
     tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -182,7 +182,7 @@ def explain_run(
         run["presets"][spec.name] = {
             "stages": [r.to_dict() for r in res], "maps": maps.path,
             "scores": scores[0].path if scores else None, "chain": [spec.base, *spec.modules],
-            "profile": spec.profile,
+            "profile": spec.profile, "threshold": spec.threshold,
         }
         if on_preset:
             on_preset(spec.name)
