@@ -6,16 +6,8 @@ from pathlib import Path
 
 import typer
 
+from flows.options import parse_int_list
 from schemas.errors import DcamError
-
-
-def _parse_layers(layers: str | None) -> list[int] | None:
-    if not layers:
-        return None
-    try:
-        return [int(x) for x in layers.split(",") if x.strip()]
-    except ValueError:
-        raise DcamError(f"--layers must be comma-separated integers, got {layers!r}") from None
 
 
 def capture(
@@ -55,6 +47,7 @@ def capture(
     from stages.capture.registry import parse_model_spec
 
     parse_model_spec(model)  # fail fast, before torch is imported
+    layer_list = parse_int_list(layers, "--layers")
     import torch
 
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -73,7 +66,7 @@ def capture(
     steps = steps or getattr(adapter, "default_steps", g)
     block_length = block_length or g
     config = CaptureConfig(
-        layers=resolve_layers(adapter, _parse_layers(layers)), steps=steps, block_length=block_length, mode=mode,
+        layers=resolve_layers(adapter, layer_list), steps=steps, block_length=block_length, mode=mode,
         seed=seed, temperature=temperature, score=score, store_grads=store_grads,
     )
     counts = {"ok": 0, "failed": 0, "skipped": 0}

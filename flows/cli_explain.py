@@ -7,16 +7,8 @@ from pathlib import Path
 
 import typer
 
+from flows.options import parse_int_list
 from schemas.errors import DcamError
-
-
-def _ints(text: str | None, name: str) -> list[int] | None:
-    if not text:
-        return None
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise DcamError(f"{name} must be comma-separated integers, got {text!r}") from None
 
 
 def explain(
@@ -50,8 +42,8 @@ def explain(
     from stages.explain.runner import explain_run
 
     with progress_bar("explain", len(specs)) as advance:
-        run = explain_run(store, root, specs, policy=policy, layers=_ints(layers, "--layers"),
-                          steps=_ints(steps, "--steps"), dataset=dataset, on_preset=lambda n: advance(1, n))
+        run = explain_run(store, root, specs, policy=policy, layers=parse_int_list(layers, "--layers"),
+                          steps=parse_int_list(steps, "--steps"), dataset=dataset, on_preset=lambda n: advance(1, n))
     if as_json:
         typer.echo(json.dumps({"root": str(root), **run}, indent=2))
         return
