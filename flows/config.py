@@ -98,6 +98,8 @@ class RunConfig(BaseModel):
     sweep: SweepSpec | None = None
     score: bool = True
     report: bool = True
+    report_max_samples: int | None = Field(None, ge=1, description="report at most this many samples (all are scored)")
+    report_methods: list[str] | None = Field(None, description="chains shown in the report (default: all)")
     shard_size: int = Field(50, ge=1)
     runner: Literal["thread", "dask", "sequential"] = "thread"
     dask_address: str | None = None

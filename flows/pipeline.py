@@ -243,7 +243,7 @@ def build_report(cfg: RunConfig) -> dict[str, Any]:
     from stages.report.build import build_report as build
 
     t0 = time.perf_counter()
-    path = build(Path(cfg.root))
+    path = build(Path(cfg.root), max_samples=cfg.report_max_samples, methods=cfg.report_methods)
     return {"stage": "report", "path": str(path), "status": "computed", "seconds": time.perf_counter() - t0}
 
 
