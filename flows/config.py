@@ -46,7 +46,7 @@ class DatasetSpec(BaseModel):
 class CaptureSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str = "toy"
-    mode: Literal["full", "prefix-cache"] = "full"
+    mode: Literal["full", "prefix-cache"] | None = Field(None, description="default: the model family's own")
     layers: list[int] | None = None
     steps: int | None = Field(None, ge=1)
     block_length: int | None = Field(None, ge=1)

@@ -109,12 +109,24 @@ def shards(ids: list[str], size: int) -> list[list[str]]:
 
 
 # ------------------------------------------------------------------------------------------- capture
+def _lock_dir() -> Path:
+    import tempfile
+
+    return Path(os.environ.get("DCAM_LOCK_DIR", Path(tempfile.gettempdir()) / "dcam-locks"))
+
+
+def normalise_device(device: str) -> str:
+    """``cuda`` and ``cuda:0`` name one device."""
+    return "cuda:0" if device == "cuda" else device
+
+
 @contextlib.contextmanager
-def device_lock(root: Path, device: str):
-    """At most one capture at a time per device, across processes (an exclusive file lock)."""
-    locks = root / ".locks"
+def device_lock(device: str):
+    """At most one capture at a time per device on this host, across processes and artifact roots
+    (an exclusive file lock under ``$DCAM_LOCK_DIR``, default ``<tmp>/dcam-locks``)."""
+    locks = _lock_dir()
     locks.mkdir(parents=True, exist_ok=True)
-    with open(locks / f"capture-{device.replace(':', '_')}.lock", "w") as f:
+    with open(locks / f"capture-{normalise_device(device).replace(':', '_')}.lock", "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -124,15 +136,40 @@ def device_lock(root: Path, device: str):
 
 def capture_config_dict(cfg: RunConfig, dataset: str) -> dict[str, Any]:
     c = cfg.capture.model_dump()
-    c.pop("device")
-    return {"capture": c, "limit": cfg.dataset.limit, "dataset_digest": _digest(dataset)}
+    c.pop("device")  # results do not depend on the device (up to kernel numerics)
+    return {"capture": c, "limit": cfg.dataset.limit, "dataset_digest": _digest(dataset),
+            "model_digest": model_digest(cfg.capture.model)}
 
 
 def _digest(dataset: str) -> str:
+    """Content digest of a dataset: its manifest's, or the digest of its files."""
+    from schemas.manifest import digest_files
+
     try:
         return read_manifest(dataset).content_digest
     except DcamError:
-        return digest_json(str(Path(dataset).resolve()))
+        return digest_files(dataset)
+
+
+def model_digest(spec: str) -> str:
+    """Digest of a model's weights and config: their bytes up to 100 MB, beyond that sizes and times."""
+    from stages.capture.registry import parse_model_spec
+
+    family, path = parse_model_spec(spec)
+    if family == "toy" and path is None:
+        from stages.toy.model import BUNDLED_WEIGHTS
+
+        path = str(BUNDLED_WEIGHTS)
+    p = Path(path)
+    if not p.exists():
+        return digest_json(spec)
+    files = sorted(f for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file())
+    if p.is_dir() and sum(f.stat().st_size for f in files) < 100 * 2**20:
+        from schemas.manifest import digest_files
+
+        return digest_files(p, exclude=())
+    return digest_json([(str(f.relative_to(p) if p.is_dir() else f.name), f.stat().st_size, int(f.stat().st_mtime))
+                        for f in files])
 
 
 def capture_path(cfg: RunConfig, dataset: str) -> Path:
@@ -151,16 +188,19 @@ def capture_shard(cfg: RunConfig, dataset: str, shard: list[str]) -> dict[str, A
     if is_done(store, "capture"):
         return {"store": str(store), "status": "cached", "shard": len(shard)}
     t0 = time.perf_counter()
-    with device_lock(Path(cfg.root), cfg.capture.device):
+    with device_lock(cfg.capture.device):
         if store.exists():
             done = set(CaptureStore.open(store).sample_ids())
             if all(s in done for s in shard):
                 return {"store": str(store), "status": "cached", "shard": len(shard)}
         adapter = load_adapter(cfg.capture.model, device=cfg.capture.device)
         c = cfg.capture
+        mode = c.mode or getattr(adapter, "default_mode", "full")
+        if mode not in getattr(adapter, "modes", ("full", "prefix-cache")):
+            raise DcamError(f"capture.mode {mode}: the {adapter.family} family supports {', '.join(adapter.modes)}")
         config = CaptureConfig(
             layers=resolve_layers(adapter, c.layers), steps=c.steps or getattr(adapter, "default_steps", adapter.gen_length),
-            block_length=c.block_length or adapter.gen_length, mode=c.mode, seed=c.seed, temperature=c.temperature,
+            block_length=c.block_length or adapter.gen_length, mode=mode, seed=c.seed, temperature=c.temperature,
             score=c.score, store_grads=c.store_grads,
         )
         capture_dataset(dataset, store, adapter=adapter, model_spec=c.model, config=config, limit=cfg.dataset.limit,

@@ -36,6 +36,8 @@ SCHEMA_VERSION = ARTIFACT_SCHEMA_VERSIONS[KIND]
 
 #: Per-layer arrays; the first axis of everything but ``acts`` is the attribution row.
 LAYER_ARRAYS = ("acts", "alpha", "alpha_pos", "gxa", "grads")
+#: Sample attributes left out of its digest: they describe the run, not the content.
+VOLATILE_ATTRS = ("timings", "image_path")
 #: Per-sample arrays outside the layer groups.
 SAMPLE_ARRAYS = ("tokens", "unmask_step", "confidence", "step_feasible", "attr_steps", "act_row", "score", "tam_logits")
 
@@ -129,6 +131,8 @@ class CaptureStore:
                     f"{path} holds a capture made with a different configuration (differs in: {', '.join(diff)}); "
                     "write to a new store or pass --overwrite"
                 )
+            # The store is being written again: until this run ends it is not complete.
+            (path / MANIFEST_FILE).unlink(missing_ok=True)
             return store
         if path.exists() and any(path.iterdir()):
             raise DcamError(f"{path} exists and is not a capture store; refusing to write into it")
@@ -219,7 +223,8 @@ class CaptureStore:
             for name, arr in sorted(group_arrays.items()):
                 self._put(lg, name, arr, h, prefix=f"L{layer}/")
         meta = json.loads(json.dumps(attrs, default=_json_default))
-        h.update(json.dumps(meta, sort_keys=True).encode())
+        content = {k: v for k, v in meta.items() if k not in VOLATILE_ATTRS}
+        h.update(json.dumps(content, sort_keys=True).encode())
         digest = h.hexdigest()
         meta.update({"status": meta.get("status", "ok"), "digest": digest, "complete": True})
         g.attrs.update(meta)

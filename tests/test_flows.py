@@ -139,12 +139,17 @@ def test_kill_and_resume(harness, tmp_path, tiny_model):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     root = Path(cfg.root)
     deadline = time.time() + 240
+    captured_at_kill = None
     while time.time() < deadline:  # kill once some, not all, samples are captured
         stores = list((root / "capture").glob("*")) if (root / "capture").exists() else []
-        if stores and (stores[0] / "zarr.json").exists() and 1 <= len(CaptureStore.open(stores[0]).sample_ids()) < 6:
-            break
-        time.sleep(0.2)
+        if stores and (stores[0] / "zarr.json").exists():
+            n = len(CaptureStore.open(stores[0]).sample_ids())
+            if 1 <= n < 6:
+                captured_at_kill = n
+                break
+        time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
+    assert captured_at_kill is not None, "the run was not caught mid-capture"
     proc.wait()
     rerun = subprocess.run(DCAM + ["run", str(path), "--json"], env=_env(harness), cwd=tmp_path,
                            capture_output=True, text=True, timeout=600)

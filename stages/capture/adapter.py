@@ -141,3 +141,19 @@ class ModelAdapter(abc.ABC):
     @abc.abstractmethod
     def word_groups(self, ids: Sequence[int]) -> list[tuple[str, list[int]]]:
         """Group generated ids into words: [(word, [response positions]), ...], specials dropped."""
+
+
+def snapshot_cache(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """References to a transformers ``DynamicCache``'s per-layer keys and values."""
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def restore_cache(cache: Any, snapshot: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Put back the prefix keys and values after a step appended to them.
+
+    ``cache.crop`` would slice the step's concatenation, keeping every step's graph alive
+    through the cache: under gradients memory and backward time would then grow with the
+    number of steps. Restoring the prefix tensors drops each step's graph with its logits.
+    """
+    for layer, (keys, values) in zip(cache.layers, snapshot):
+        layer.keys, layer.values = keys, values

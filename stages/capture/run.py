@@ -51,6 +51,7 @@ def capture_dataset(
     sample_ids: list[str] | None = None,
     on_sample: Callable[[str, str], None] | None = None,
     finalize_store: bool = True,
+    retry_failed: bool = True,
 ) -> StageManifest | None:
     """Capture every sample of the dataset at ``data`` into the store at ``out``.
 
@@ -70,6 +71,8 @@ def capture_dataset(
         Capture only these samples (a shard).
     finalize_store : bool
         Write the manifest when done (shards leave that to :func:`finalize` once all are done).
+    retry_failed : bool
+        Capture again the samples an earlier run recorded as failed (a transient out-of-memory, say).
     on_sample : callable(sample_id, status), optional
         Called after each sample (progress bars).
     """
@@ -98,7 +101,7 @@ def capture_dataset(
     for sid in store.incomplete_ids():  # left by a killed run
         store._discard(sid)
 
-    for sid, reason in rejected:
+    for sid, reason in rejected:  # rejected by the loader: the same input fails the same way
         status = "skipped" if store.is_complete(sid) else "failed"
         if status == "failed":
             store.write_failed(sid, reason)
@@ -106,11 +109,11 @@ def capture_dataset(
             on_sample(sid, status)
 
     for s in samples:
-        if store.is_complete(s.sample_id):
+        if store.is_complete(s.sample_id) and (store.sample(s.sample_id).ok or not retry_failed):
             if on_sample:
                 on_sample(s.sample_id, "skipped")
             continue
-        status = "ok"
+        status, reason = "ok", None
         try:
             image = _read_image(s.image_path)
             cap = capture_sample(adapter, image, config, sample_id=s.sample_id, prompt=getattr(s, "prompt", None))
@@ -118,14 +121,16 @@ def capture_dataset(
                               "reference_captions": list(s.captions)})
             store.write_sample(s.sample_id, arrays=cap.arrays, layer_arrays=cap.layer_arrays, attrs=cap.attrs)
         except (DcamError, ValueError) as e:
-            status = "failed"
-            store.write_failed(s.sample_id, str(e), {"image_path": s.image_path})
+            status, reason = "failed", str(e)
         except (RuntimeError, MemoryError) as e:
-            if not _is_oom(e):
-                raise
             status = "failed"
-            _free_device_memory()
-            store.write_failed(s.sample_id, f"out of memory: {str(e).splitlines()[0]}", {"image_path": s.image_path})
+            reason = (f"out of memory: {str(e).splitlines()[0]}" if _is_oom(e)
+                      else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        except Exception as e:  # one bad sample never stops the run; the reason names the error
+            status, reason = "failed", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        if status == "failed":
+            _free_device_memory()  # after the except block: the traceback no longer holds the graph
+            store.write_failed(s.sample_id, reason, {"image_path": s.image_path})
         if on_sample:
             on_sample(s.sample_id, status)
         gc.collect()

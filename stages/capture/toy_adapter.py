@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from schemas.span import SpanLayout
-from stages.capture.adapter import ModelAdapter, Prepared
+from stages.capture.adapter import ModelAdapter, Prepared, restore_cache, snapshot_cache
 
 
 class ToyAdapter(ModelAdapter):
@@ -57,6 +57,7 @@ class ToyAdapter(ModelAdapter):
 
     def prefix_pass(self, prep: Prepared) -> tuple[Any, torch.Tensor]:
         logits, cache = self.model.lm_forward(prep.prompt_embeds, use_cache=True)
+        prep.extra["prefix_kv"] = snapshot_cache(cache)
         return cache, logits
 
     def answer_logits(self, prep: Prepared, cache: Any, x: torch.Tensor) -> torch.Tensor:
@@ -65,7 +66,7 @@ class ToyAdapter(ModelAdapter):
         logits, _ = self.model.lm_forward(
             self.model.embed_tokens(x), past_key_values=cache, position_ids=positions, use_cache=True
         )
-        cache.crop(-g)  # transformers 5: a negative argument removes that many tokens
+        restore_cache(cache, prep.extra["prefix_kv"])
         return logits
 
     def decode(self, ids: Sequence[int]) -> str:

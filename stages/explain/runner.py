@@ -57,8 +57,9 @@ def run_stage(root: Path, stage: str, version: str, config: dict[str, Any], inpu
     final = artifact_dir(Path(root).resolve(), stage, key)
     if is_done(final, kind):
         return StageResult(stage, str(final), "cached", read_manifest(final).content_digest)
-    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale(final.parent)
     t0 = time.perf_counter()
     try:
         manifest = compute(tmp)
@@ -75,6 +76,21 @@ def run_stage(root: Path, stage: str, version: str, config: dict[str, Any], inpu
             shutil.rmtree(tmp, ignore_errors=True)
     return StageResult(stage, str(final), "computed", manifest.content_digest, time.perf_counter() - t0)
 
+
+
+def sweep_stale(stage_dir: Path) -> None:
+    """Remove temporary outputs left by runs that were killed (their process is gone)."""
+    for tmp in stage_dir.glob(".*.tmp-*"):
+        try:
+            pid = int(tmp.name.rsplit(".tmp-", 1)[1].split("-")[0])
+        except (IndexError, ValueError):
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except PermissionError:
+            pass
 
 
 def capture_digest(store_path: str | Path) -> str:

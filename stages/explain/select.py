@@ -96,6 +96,10 @@ def run_select(store_path: str | Path, out_dir: str | Path, *, policy: str = "un
 
     if policy not in POLICIES:
         raise DcamError(f"unknown selection policy {policy!r}; known: {', '.join(POLICIES)}")
+    if policy == "explicit" and not steps:
+        raise DcamError("policy 'explicit' needs a list of steps (--steps 0,3,7)")
+    if policy != "explicit" and steps:
+        raise DcamError(f"steps are only used by policy 'explicit', not {policy!r}")
     t0 = time.perf_counter()
     store = CaptureStore.open(store_path)
     cap_manifest = store.manifest()

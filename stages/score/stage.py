@@ -119,7 +119,8 @@ def run_score(maps_dir: str | Path, dataset: str | Path, out_dir: str | Path, *,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_table(df, out, name="metrics")
-    summarise(df).to_csv(out / "summary.csv", index=False)
+    by = ("method", "layer") if not df.empty and df["layer"].nunique() > 1 else ("method",)
+    summarise(df, by=by).to_csv(out / "summary.csv", index=False)
     ds = {}
     try:
         dm = read_manifest(dataset)

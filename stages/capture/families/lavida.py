@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from schemas.errors import DcamError
 from schemas.span import SpanLayout
-from stages.capture.adapter import ModelAdapter, Prepared
+from stages.capture.adapter import ModelAdapter, Prepared, restore_cache, snapshot_cache
 from stages.capture.families import REPLICA_PROMPT, HFCodec, require_module, require_path
 
 #: LLaVA's ``IMAGE_TOKEN_INDEX``: the placeholder id replaced by the image tokens.
@@ -360,6 +360,7 @@ class HFTrunkAdapter(LlavaFamilyAdapter):
 
         cache = DynamicCache()
         logits = self._logits(prep.prompt_embeds, cache, use_cache=True)
+        prep.extra["prefix_kv"] = snapshot_cache(cache)
         return cache, logits
 
     def _answer_raw(self, prep: Prepared, cache: Any, x: torch.Tensor) -> torch.Tensor:
@@ -367,7 +368,7 @@ class HFTrunkAdapter(LlavaFamilyAdapter):
         p, g = prep.prompt_len, x.shape[1]
         positions = torch.arange(p, p + g, device=x.device).unsqueeze(0)
         logits = self._logits(self.embed(x), kv, position_ids=positions, use_cache=True)
-        kv.crop(-g)  # transformers: a negative argument removes that many positions (the step's own)
+        restore_cache(kv, prep.extra["prefix_kv"])  # drop the step's keys and values (and their graph)
         return logits
 
     def answer_logits(self, prep: Prepared, cache: Any, x: torch.Tensor) -> torch.Tensor:
