@@ -67,19 +67,21 @@ def test_cached_rerun_and_one_parameter_invalidation(harness, tmp_path, tiny_mod
     second = with_runner(pipeline_flow, cfg)(config=cfg.model_dump())
     assert {st for *_, st in statuses(second)} == {"cached"}
     assert len(statuses(second)) == len(statuses(first))
-    # change one CBA parameter of the 'dc' chain: exactly cba and what follows it recompute
+    # change one parameter of the 'dc' chain (the paper-profile DACG smoothing width): exactly DACG and
+    # what follows it recompute
     over = dict(cfg.explain.model_dump())
-    over["chains"] = [{"name": "dc", "preset": "diffusion-cam-reference", "params": {"cba": {"floor": 0.2}}}]
+    over["chains"] = [{"name": "dc", "preset": "diffusion-cam", "params": {"dacg": {"sigma": 2.0}}}]
+    base = make_config(tmp_path, tiny_model, explain={**over, "chains": [{"name": "dc", "preset": "diffusion-cam"}]})
+    with_runner(pipeline_flow, base)(config=base.model_dump())
     cfg3 = make_config(tmp_path, tiny_model, explain=over)
     third = with_runner(pipeline_flow, cfg3)(config=cfg3.model_dump())
     computed = {(c, stage) for c, stage, sh, st in statuses(third) if st == "computed"}
-    assert computed == {("dc", "cba"), ("dc", "normalize"), ("dc", "sicd"), ("dc", "score"),
+    assert computed == {("dc", "dacg"), ("dc", "cba"), ("dc", "normalize"), ("dc", "sicd"), ("dc", "score"),
                         ("dc", "merge-maps"), ("dc", "merge-scores")}
-    # the reference DACG is inert (method.md 1.5(b)): a new DACG parameter recomputes DACG, whose output is
+    # the reference DACG is inert (method.md 1.5(b)): a new threshold recomputes DACG, whose output is
     # byte-identical, so content addressing finds everything after it already computed
-    over["chains"] = [{"name": "dc", "preset": "diffusion-cam-reference",
-                       "params": {"cba": {"floor": 0.2}, "dacg": {"delta_sigma": 0.05}}}]
-    cfg4 = make_config(tmp_path, tiny_model, explain=over)
+    ref = [{"name": "dc", "preset": "diffusion-cam-reference", "params": {"dacg": {"delta_sigma": 0.05}}}]
+    cfg4 = make_config(tmp_path, tiny_model, explain={**over, "chains": ref})
     fourth = with_runner(pipeline_flow, cfg4)(config=cfg4.model_dump())
     assert {(c, stage) for c, stage, sh, st in statuses(fourth) if st == "computed"} == {("dc", "dacg")}
     run = json.loads((Path(cfg.root) / "run.json").read_text())
@@ -142,6 +144,7 @@ def test_kill_and_resume(harness, tmp_path, tiny_model):
     captured_at_kill = None
     while time.time() < deadline:  # kill once some, not all, samples are captured
         stores = list((root / "capture").glob("*")) if (root / "capture").exists() else []
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]  # the run must not die by itself
         if stores and (stores[0] / "zarr.json").exists():
             n = len(CaptureStore.open(stores[0]).sample_ids())
             if 1 <= n < 6:
@@ -210,13 +213,18 @@ def test_served_deployment_runs_on_interval(tmp_path, tiny_model):
         cfg = make_config(tmp_path, tiny_model, report=False, explain={"presets": ["gradcam"]},
                           dataset={"synth": {"count": 2, "seed": 5}})
         path = _write(tmp_path, cfg)
+        log = open(tmp_path / "serve.log", "w+")
         served = subprocess.Popen(DCAM + ["serve", str(path), "--interval", "5", "--name", "every5s"], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True, text=True)
+                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True, text=True)
+        served.stderr = log
         run_json = Path(cfg.root) / "run.json"
         deadline = time.time() + 240
-        while time.time() < deadline and not run_json.exists():
+        while time.time() < deadline and not run_json.exists() and served.poll() is None:
             time.sleep(2)
-        assert run_json.exists(), "the served deployment did not run within 240 s"
+        if not run_json.exists():
+            os.killpg(served.pid, signal.SIGKILL)
+            log.seek(0)
+            pytest.fail(f"the served deployment did not run within 240 s: {log.read()[-3000:]}")
         assert json.loads(run_json.read_text())["presets"]["gradcam"]["scores"]
     finally:
         for p in (served, server):

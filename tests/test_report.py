@@ -117,7 +117,7 @@ def run_dir(tmp_path_factory):
     model_dir = model.save_pretrained(root / "model")
     store = root / "store"
     capture_dataset(data, store, adapter=ToyAdapter.load(str(model_dir)), model_spec="toy",
-                    config=CaptureConfig(layers=(1,), steps=4, block_length=8))
+                    config=CaptureConfig(layers=(1,), steps=4, block_length=8, score="contrastive"))  # always scored
     explain = root / "explain"
     explain_run(store, explain, [chain_from_preset(n) for n in PRESETS], dataset=data)
     return explain
