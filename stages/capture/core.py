@@ -33,7 +33,7 @@ from stages.capture.hooks import BlockRecorder
 from stages.capture.targets import Target, build_targets, target_class_ids, target_scores
 
 MODES = ("full", "prefix-cache")
-GRAD_BATCHING = ("vmap", "loop")
+GRAD_BATCHING = ("auto", "vmap", "loop")
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class CaptureConfig:
     remasking: str = "low_confidence"
     score: str = "logit"
     store_grads: bool = False
-    grad_batching: str = "vmap"
+    grad_batching: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -89,6 +89,15 @@ def sample_seed(seed: int, sample_id: str) -> int:
     import hashlib
 
     return int.from_bytes(hashlib.sha256(f"{seed}:{sample_id}".encode()).digest()[:4], "little") & 0x7FFFFFFF
+
+
+def resolve_batching(batching: str, mode: str) -> str:
+    """``auto``: one batched VJP (``vmap``) in full mode; one backward per target (``loop``) in
+    prefix-cache mode, where the batched backward through the cached keys and values measured
+    about 16x slower than the loop on CPU (``benchmarks/bench_capture.py``)."""
+    if batching != "auto":
+        return batching
+    return "vmap" if mode == "full" else "loop"
 
 
 def _vjp(scores: torch.Tensor, inputs: list[torch.Tensor], *, batching: str, retain_graph: bool) -> list[torch.Tensor]:
@@ -223,6 +232,7 @@ def _replay(adapter: ModelAdapter, prep: Prepared, traj, targets: list[Target], 
     step_feasible = np.zeros(steps, dtype=bool)
     replay_diff = 0.0
     banned = sorted({adapter.mask_id, *adapter.forbid_ids})
+    batching = resolve_batching(config.grad_batching, config.mode)
 
     def feasible(rec) -> bool:
         return rec.seq_len >= span.end
@@ -260,7 +270,7 @@ def _replay(adapter: ModelAdapter, prep: Prepared, traj, targets: list[Target], 
                 if config.remasking == "low_confidence":
                     replay_diff = max(replay_diff, check_replay(resp, s))
                 sc = target_scores(resp, targets)
-                grads = _vjp(sc, [hidden[l] for l in layers], batching=config.grad_batching, retain_graph=False)
+                grads = _vjp(sc, [hidden[l] for l in layers], batching=batching, retain_graph=False)
                 for l, gr in zip(layers, grads):
                     acts[l].append(hidden[l][0, grid_abs].detach().float().numpy().astype(np.float16))
                     add_stats(l, hidden[l], gr)
@@ -293,7 +303,7 @@ def _replay(adapter: ModelAdapter, prep: Prepared, traj, targets: list[Target], 
                 if config.remasking == "low_confidence":
                     replay_diff = max(replay_diff, check_replay(resp, s))
                 sc = target_scores(resp, targets)
-                grads = _vjp(sc, [hidden[l] for l in layers], batching=config.grad_batching, retain_graph=True)
+                grads = _vjp(sc, [hidden[l] for l in layers], batching=batching, retain_graph=True)
                 for l, gr in zip(layers, grads):
                     add_stats(l, hidden[l], gr)
                 scores.append(sc.detach().numpy())
