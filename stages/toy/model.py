@@ -3,6 +3,7 @@
 Layout (the names follow LLaVA-style models, so hooks written for it read like hooks for real dMLLMs)::
 
     pixel_values (B, 3, 96, 96)
+      -> local_pixel_features  RGB + chroma + 4 oriented edge energies (fixed, 3x3 neighbourhood)
       -> vision_tower   SiglipVisionModel, 0 encoder layers: patch embed + position embed + post-LN
       -> projector      mlp2x_gelu (Linear - GELU - Linear), one feature per 8x8 patch, 12x12 grid
       -> spliced into   <bos> <image> describe the image  (the <image> placeholder becomes 144 tokens,
@@ -63,6 +64,8 @@ class ToyConfig:
         The Llama language model.
     gen_length : int
         Number of answer positions.
+    local_features : bool
+        Feed the vision tower :func:`local_pixel_features` (8 channels) instead of plain RGB.
     training : dict
         Provenance of the weights (seed, steps, measured time and accuracies); not used by the model.
     """
@@ -76,6 +79,7 @@ class ToyConfig:
     num_layers: int = 4
     num_heads: int = 4
     gen_length: int = 16
+    local_features: bool = True
     training: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -85,6 +89,41 @@ class ToyConfig:
             raise ValueError(f"num_heads: {self.num_heads} does not divide hidden_size {self.hidden_size}")
         if self.gen_length < 1:
             raise ValueError(f"gen_length: must be >= 1, got {self.gen_length}")
+
+
+#: Sobel kernel along x; its transpose differentiates along y.
+_SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+
+#: Channels of :func:`local_pixel_features`.
+LOCAL_FEATURE_CHANNELS = 8
+
+
+def local_pixel_features(pixel_values: torch.Tensor) -> torch.Tensor:
+    """RGB plus fixed per-pixel chroma and oriented edge energy, the input of the toy vision tower.
+
+    A 0-layer SigLIP sees each 8x8 patch only through one linear map, and a tiny model trained for minutes
+    never learned shape from RGB alone (shape accuracy stayed at chance after 1100 steps, colour was
+    learned). These parameter-free channels make "which edge orientations are in this patch" linear in
+    the input while keeping every feature local (a 3x3 neighbourhood), so image tokens still describe only
+    their own patch and Grad-CAM can localise.
+
+    Parameters
+    ----------
+    pixel_values : Tensor of shape (B, 3, H, W)
+        Normalised RGB in [-1, 1].
+
+    Returns
+    -------
+    Tensor of shape (B, 8, H, W)
+        RGB; chroma (max minus min of R, G, B), which separates the saturated objects from the grey
+        background whatever their colour; the absolute Sobel response of the chroma along x, y and the two
+        diagonals. All in about [-1, 1].
+    """
+    chroma = pixel_values.amax(dim=1, keepdim=True) - pixel_values.amin(dim=1, keepdim=True)  # in [0, 2]
+    kx = _SOBEL_X.to(pixel_values)
+    kernels = torch.stack([kx, kx.T, (kx + kx.T) / 2**0.5, (kx - kx.T) / 2**0.5]).unsqueeze(1)
+    edges = torch.nn.functional.conv2d(torch.nn.functional.pad(chroma, (1, 1, 1, 1), mode="replicate"), kernels)
+    return torch.cat([pixel_values, chroma - 1.0, edges.abs() / 4.0 - 1.0], dim=1)
 
 
 def sincos_position_embedding(grid: tuple[int, int], dim: int) -> torch.Tensor:
@@ -137,6 +176,7 @@ class ToyDMLLM(nn.Module):
                 num_attention_heads=4,
                 image_size=config.image_size,
                 patch_size=config.patch_size,
+                num_channels=LOCAL_FEATURE_CHANNELS if config.local_features else 3,
                 vision_use_head=False,
                 attn_implementation="sdpa",
             )
@@ -251,6 +291,8 @@ class ToyDMLLM(nn.Module):
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Projected patch features (B, grid[0] * grid[1], d), row-major over the grid."""
+        if self.config.local_features:
+            pixel_values = local_pixel_features(pixel_values)
         patches = self.vision_tower(pixel_values=pixel_values).last_hidden_state
         return self.projector(patches)
 

@@ -63,7 +63,7 @@ class TrainRecipe:
     """
 
     seed: int = 0
-    steps: int = 2000
+    steps: int = 1600
     batch_size: int = 32
     lr: float = 3e-3
     weight_decay: float = 0.01
@@ -83,6 +83,8 @@ class TrainRecipe:
             raise ValueError(f"batch_size: must be >= 1, got {self.batch_size}")
         if not 0.0 <= self.prefix_dlm_fraction <= 1.0:
             raise ValueError(f"prefix_dlm_fraction: must be in [0, 1], got {self.prefix_dlm_fraction}")
+        if not 0.0 <= self.single_object_prob <= 1.0:
+            raise ValueError(f"single_object_prob: must be in [0, 1], got {self.single_object_prob}")
         if not 0.0 < self.mask_eps < 1.0:
             raise ValueError(f"mask_eps: must be in (0, 1), got {self.mask_eps}")
 
