@@ -14,9 +14,7 @@ DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 
 
 def _print_table(run: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
+    """The per-method metrics table, as plain text (readable in logs and narrow terminals)."""
     from flows.pipeline import summary_table
 
     df = summary_table(run)
@@ -24,10 +22,8 @@ def _print_table(run: dict) -> None:
         return
     cols = [c for c in ("method", "n_samples", "n_maps", "obj_iou", "contrast", "concentration", "f3",
                         "pointing_accuracy", "obj_iou_word", "pointing_accuracy_word", "f1_iou") if c in df.columns]
-    t = Table(*cols, title="metrics per method (dataset-level; F3 from the means)")
-    for _, r in df[cols].iterrows():
-        t.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in r.tolist()])
-    Console().print(t)
+    typer.echo("metrics per method (dataset-level means; F3 from the means, as in the paper):")
+    typer.echo(df[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
 
 
 def run(
