@@ -10,20 +10,14 @@ status and no traceback.
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 
 import typer
 
+from flows.env import set_defaults
 from schemas.errors import DcamError
 
-# Offline by construction: nothing in this tool may reach a model hub.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+set_defaults()  # offline by construction, before anything imports transformers or prefect
 
 app = typer.Typer(
     name="dcam",

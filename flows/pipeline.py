@@ -19,7 +19,7 @@ from typing import Any
 from flows.config import ChainOverride, RunConfig
 from schemas.errors import DcamError
 from schemas.manifest import digest_json, read_manifest
-from stages.explain.addressing import StageResult, artifact_dir, artifact_key, is_done
+from stages.explain.addressing import artifact_dir, artifact_key, is_done
 from stages.explain.runner import ChainSpec, chain_from_preset, run_stage
 
 CAPTURE_STAGE_VERSION = "1.0"

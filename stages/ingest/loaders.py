@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -41,6 +40,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from schemas.errors import DcamError
+from schemas.outdir import prepare_output_dir
 from schemas.manifest import (
     ARTIFACT_SCHEMA_VERSIONS,
     MANIFEST_FILE,
@@ -817,25 +817,7 @@ _INGEST_ENTRIES = frozenset({MANIFEST_FILE, SAMPLES_FILE, MASKS_DIR})
 
 
 def _prepare_out(out_dir: Path, *, overwrite: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DcamError(f"{out_dir} is a file, not a directory; choose another output directory")
-    entries = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
-    if not entries:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        return
-    if not overwrite:
-        raise DcamError(f"{out_dir} is not empty; choose an empty directory or pass --overwrite to replace an earlier ingest")
-    foreign = [name for name in entries if name not in _INGEST_ENTRIES]
-    if foreign:
-        raise DcamError(f"{out_dir} holds files that are not part of an ingest ({', '.join(foreign[:3])}); refusing to overwrite it")
-    if (out_dir / MANIFEST_FILE).exists():  # first, so an interrupted overwrite never leaves a manifest over partial data
-        (out_dir / MANIFEST_FILE).unlink()
-    for name in entries:
-        target = out_dir / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
+    prepare_output_dir(out_dir, own_entries=_INGEST_ENTRIES, what="ingest", overwrite=overwrite)
 
 
 def ingest(

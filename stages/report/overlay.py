@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stages.score.metrics import check_map
+
 #: Long side (pixels) under which :func:`publication_scale` enlarges an image by an integer factor.
 PUBLICATION_MIN_SIDE = 288
 
@@ -29,14 +31,7 @@ def _as_image(image, name: str = "image") -> np.ndarray:
 
 
 def _as_unit_map(heatmap, name: str = "heatmap") -> np.ndarray:
-    arr = np.asarray(heatmap)
-    if arr.ndim != 2 or arr.size == 0:
-        raise ValueError(f"{name}: expected a non-empty 2-D array (h, w), got shape {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
-        raise ValueError(f"{name}: expected a real-valued array, got dtype {arr.dtype}")
-    arr = arr.astype(np.float64, copy=False)
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name}: contains NaN or infinite values")
+    arr = check_map(heatmap, name)
     lo, hi = float(arr.min()), float(arr.max())
     if lo < -1e-6 or hi > 1 + 1e-6:
         raise ValueError(f"{name}: values must lie in [0, 1], got [{lo:.4g}, {hi:.4g}]; normalise the map first "

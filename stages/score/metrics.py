@@ -34,7 +34,8 @@ _FLT_EPSILON = float(np.finfo(np.float32).eps)
 # --------------------------------------------------------------------------------------------- validation
 
 
-def _as_map(heatmap, name: str = "heatmap") -> np.ndarray:
+def check_map(heatmap, name: str = "heatmap") -> np.ndarray:
+    """Validate a 2-D real, finite map (the message names ``name``); returns it as float64."""
     arr = np.asarray(heatmap)
     if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ValueError(f"{name}: expected a non-empty 2-D array (h, w), got shape {arr.shape}")
@@ -103,7 +104,7 @@ def resize_bilinear(heatmap, shape: tuple[int, int]) -> np.ndarray:
     -------
     ndarray of shape (H, W), float64
     """
-    arr = _as_map(heatmap)
+    arr = check_map(heatmap)
     if len(shape) != 2 or any(int(s) != s or s < 1 for s in shape):
         raise ValueError(f"shape: expected two positive integers (H, W), got {shape!r}")
     out_h, out_w = int(shape[0]), int(shape[1])
@@ -127,7 +128,7 @@ def to_uint8(heatmap) -> np.ndarray:
     -------
     ndarray of shape (h, w), uint8
     """
-    return (255.0 * np.clip(_as_map(heatmap), 0.0, 1.0)).astype(np.uint8)
+    return (255.0 * np.clip(check_map(heatmap), 0.0, 1.0)).astype(np.uint8)
 
 
 def otsu_threshold_uint8(image) -> int:
@@ -294,7 +295,7 @@ def contrast(heatmap_resized, fg_mask) -> float:
     float
         NaN when the foreground or the background is empty.
     """
-    h = _as_map(heatmap_resized, "heatmap_resized")
+    h = check_map(heatmap_resized, "heatmap_resized")
     fg = _as_binary(fg_mask, "fg_mask")
     _same_shape(h, fg, "heatmap_resized", "fg_mask")
     return _contrast(h, fg)
@@ -320,7 +321,7 @@ def concentration(heatmap_resized, fg_mask) -> float:
     float
         In [0, 1] for a non-negative map; 0 for an all-zero map.
     """
-    h = _as_map(heatmap_resized, "heatmap_resized")
+    h = check_map(heatmap_resized, "heatmap_resized")
     fg = _as_binary(fg_mask, "fg_mask")
     _same_shape(h, fg, "heatmap_resized", "fg_mask")
     return _concentration(h, fg)
@@ -419,7 +420,7 @@ def pointing_game(heatmap_resized, object_mask, *, tolerance: float = 0) -> floa
     float
         1.0 for a hit, 0.0 for a miss, NaN for an empty object mask.
     """
-    h = _as_map(heatmap_resized, "heatmap_resized")
+    h = check_map(heatmap_resized, "heatmap_resized")
     obj = _as_binary(object_mask, "object_mask")
     _same_shape(h, obj, "heatmap_resized", "object_mask")
     if not np.isfinite(tolerance) or tolerance < 0:
@@ -455,7 +456,7 @@ def energy_pointing_game(heatmap_resized, object_mask, *, region: str = "bbox") 
     float
         In [0, 1]; NaN for an empty object mask or a map without positive values.
     """
-    h = _as_map(heatmap_resized, "heatmap_resized")
+    h = check_map(heatmap_resized, "heatmap_resized")
     obj = _as_binary(object_mask, "object_mask")
     _same_shape(h, obj, "heatmap_resized", "object_mask")
     if region not in ("bbox", "mask"):

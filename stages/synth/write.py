@@ -7,14 +7,13 @@ dataset depends only on ``(seed, size)`` and the first ``n`` samples of a larger
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from schemas.errors import DcamError
+from schemas.outdir import prepare_output_dir
 from schemas.manifest import ARTIFACT_SCHEMA_VERSIONS, SampleStatus, StageManifest, digest_files, write_manifest
 from stages.synth.render import CATEGORIES, render_scene
 
@@ -33,30 +32,7 @@ _LAYOUT_ENTRIES = frozenset({"manifest.json", "annotations", IMAGE_DIR, SEG_LABE
 
 def _prepare(out_dir: Path, *, overwrite: bool) -> None:
     """Make ``out_dir`` an empty directory, removing an earlier dataset only when ``overwrite`` is set."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DcamError(f"{out_dir} is a file, not a directory; choose another output directory")
-    entries = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
-    if not entries:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        return
-    if not overwrite:
-        raise DcamError(f"{out_dir} is not empty; choose an empty directory or pass --overwrite to replace the dataset there")
-    foreign = [name for name in entries if name not in _LAYOUT_ENTRIES]
-    if foreign:
-        # Only a dataset's own files are ever removed; anything else there belongs to the user.
-        raise DcamError(
-            f"{out_dir} holds files that are not part of a dataset ({', '.join(foreign[:3])}"
-            f"{', ...' if len(foreign) > 3 else ''}); refusing to overwrite it, choose another directory"
-        )
-    manifest = out_dir / "manifest.json"
-    if manifest.exists():  # first, so an interrupted overwrite never leaves a manifest over partial data
-        manifest.unlink()
-    for name in entries:
-        path = out_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+    prepare_output_dir(out_dir, own_entries=_LAYOUT_ENTRIES, what="dataset", overwrite=overwrite)
 
 
 def write_dataset(
