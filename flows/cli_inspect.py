@@ -46,6 +46,8 @@ def inspect_capture(path: Path) -> dict:
                 "mode": s.attrs.get("mode"),
                 "steps": steps,
                 "feasible_steps": [int(i) for i in feas.nonzero()[0]],
+                # hooked forwards holding the whole image span (prefix-cache: the prefix pass alone)
+                "feasible_forwards": [f for f in s.attrs.get("forwards", []) if f.get("contains_image_span")],
                 "attr_steps": [int(i) for i in attr_steps],
                 "layers": s.layers,
                 "grid": list(span.grid),
@@ -156,7 +158,9 @@ def _print_summary(info: dict) -> None:
         table = Table("sample", "status", "feasible/steps", "grid", "targets", "KB", "text / reason")
         for r in info["samples"][:50]:
             if r["status"] == "ok":
-                table.add_row(r["sample_id"], "ok", f"{len(r.get('feasible_steps', []))}/{r.get('steps')}",
+                feasible = (f"{len(r.get('feasible_steps', []))}/{r.get('steps')}" if r.get("mode") != "prefix-cache"
+                            else f"prefix pass -> {len(r.get('attr_steps', []))}")
+                table.add_row(r["sample_id"], "ok", feasible,
                               "x".join(map(str, r.get("grid", []))), str(len(r.get("targets", []))),
                               f"{r['bytes'] / 1e3:.0f}", r.get("generated_text", ""))
             else:
