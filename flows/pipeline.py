@@ -19,7 +19,7 @@ from typing import Any
 from flows.config import ChainOverride, RunConfig
 from schemas.errors import DcamError
 from schemas.manifest import digest_json, read_manifest
-from stages.explain.addressing import artifact_dir, artifact_key, is_done
+from stages.explain.addressing import artifact_dir, artifact_key, dataset_digest, is_done
 from stages.explain.runner import ChainSpec, chain_from_preset, run_stage
 
 CAPTURE_STAGE_VERSION = "1.0"
@@ -137,18 +137,8 @@ def device_lock(device: str):
 def capture_config_dict(cfg: RunConfig, dataset: str) -> dict[str, Any]:
     c = cfg.capture.model_dump()
     c.pop("device")  # results do not depend on the device (up to kernel numerics)
-    return {"capture": c, "limit": cfg.dataset.limit, "dataset_digest": _digest(dataset),
+    return {"capture": c, "limit": cfg.dataset.limit, "dataset_digest": dataset_digest(dataset),
             "model_digest": model_digest(cfg.capture.model)}
-
-
-def _digest(dataset: str) -> str:
-    """Content digest of a dataset: its manifest's, or the digest of its files."""
-    from schemas.manifest import digest_files
-
-    try:
-        return read_manifest(dataset).content_digest
-    except DcamError:
-        return digest_files(dataset)
 
 
 def model_digest(spec: str) -> str:

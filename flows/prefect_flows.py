@@ -22,6 +22,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows import pipeline as P
 from flows.config import RunConfig
+from stages.explain.addressing import dataset_digest
 from schemas.manifest import code_version, digest_json, read_manifest
 
 
@@ -52,7 +53,7 @@ def _explain_key(context, parameters) -> str:
     chains = [c.__dict__ for c in P.resolve_chains(cfg)]
     store = parameters["store"]
     cap = read_manifest(store).content_digest
-    ds = P._digest(parameters["dataset"]) if parameters.get("dataset") else None
+    ds = dataset_digest(parameters["dataset"]) if parameters.get("dataset") else None
     return "explain-" + digest_json({
         "capture": cap, "chains": chains, "explain": cfg.explain.model_dump(), "score": cfg.score,
         "shard": parameters["shard"], "dataset": ds, "code": code_version(),

@@ -19,6 +19,17 @@ def artifact_dir(root: str | Path, stage: str, key: str) -> Path:
     return Path(root) / stage / key[:16]
 
 
+def dataset_digest(dataset: str | Path) -> str:
+    """Content digest of a dataset: its manifest's, or the digest of its files when it has none."""
+    from schemas.errors import DcamError
+    from schemas.manifest import digest_files
+
+    try:
+        return read_manifest(dataset).content_digest
+    except DcamError:
+        return digest_files(dataset)
+
+
 def is_done(path: Path, kind: str | None = None) -> bool:
     """True when ``path`` holds a complete artifact (its manifest is written last)."""
     if not (path / MANIFEST_FILE).exists():

@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 from schemas.capture import CaptureStore
 from schemas.errors import DcamError
 from schemas.manifest import StageManifest, read_manifest
-from stages.explain.addressing import StageResult, artifact_dir, artifact_key, is_done
+from stages.explain.addressing import StageResult, artifact_dir, artifact_key, dataset_digest, is_done
 
 
 @dataclass(frozen=True)
@@ -151,20 +151,11 @@ def explain_chain(
     if dataset is not None:
         from stages.score.stage import STAGE_VERSION as SCORE_V, run_score
 
-        ds_digest = _dataset_digest(dataset)
+        ds_digest = dataset_digest(dataset)
         src = prev.path
         results.append(run_stage(root, "score", SCORE_V, {"method": spec.name}, {"maps": prev.content_digest, "dataset": ds_digest},
                                  lambda out: run_score(src, dataset, out, method=spec.name), kind="scores"))
     return results
-
-
-def _dataset_digest(dataset: str | Path) -> str:
-    try:
-        return read_manifest(dataset).content_digest
-    except DcamError:
-        from schemas.manifest import digest_files
-
-        return digest_files(dataset)
 
 
 RUN_FILE = "run.json"
