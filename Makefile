@@ -17,7 +17,7 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -e ".[dev,dask]"
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[dev,dask,s3]"
 	# test-only: pytorch-grad-cam for the Grad-CAM parity test; --no-deps because PyPI's
 	# torchvision does not load beside the CPU torch wheel (the test stubs it).
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps grad-cam ttach opencv-python-headless

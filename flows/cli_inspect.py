@@ -80,32 +80,58 @@ def inspect_capture(path: Path) -> dict:
     }
 
 
-def lineage(path: Path) -> list[dict]:
-    """The chain of manifests from ``path`` back to the dataset (first = this artifact)."""
+def _read_at(location: str):
+    """The manifest of the artifact at a local path or a URL."""
     from schemas.manifest import read_manifest
+    from schemas.storage import is_url, read_remote_manifest
+
+    if not is_url(location):
+        return read_manifest(location)
+    m = read_remote_manifest(location)
+    if m is None:
+        raise DcamError(f"{location} is not a diffusion-cam artifact: no manifest.json there "
+                        "(absent, or an upload that did not finish)")
+    return m
+
+
+def _locate(recorded: str, referrer: str) -> str:
+    """Where an input recorded in the manifest at ``referrer`` is. Manifests record local paths (at a URL
+    root, those of the run's mirror): an input of an artifact at a URL root is ``ROOT/<stage>/<key>`` when
+    that has a manifest, else (an external dataset) as recorded."""
+    from schemas.storage import is_url, read_remote_manifest
+
+    if is_url(recorded) or not is_url(referrer):
+        return recorded
+    at_root = "/".join([referrer.rstrip("/").rsplit("/", 2)[0], *Path(recorded).parts[-2:]])
+    return at_root if read_remote_manifest(at_root) is not None else recorded
+
+
+def lineage(path: Path | str) -> list[dict]:
+    """The chain of manifests from ``path`` (a directory or a URL) back to the dataset (first = this artifact)."""
+    from schemas.storage import is_url
 
     chain, seen = [], set()
-    todo = [Path(path)]
+    todo = [str(path)]
     while todo:
         p = todo.pop(0)
-        key = str(p.resolve())
+        key = p if is_url(p) else str(Path(p).resolve())
         if key in seen:
             continue
         seen.add(key)
         try:
-            m = read_manifest(p)
+            m = _read_at(p)
         except DcamError as e:
-            chain.append({"path": str(p), "error": str(e)})
+            chain.append({"path": p, "error": str(e)})
             continue
         chain.append({
-            "path": str(p), "kind": m.kind, "stage": m.stage, "stage_version": m.stage_version,
+            "path": p, "kind": m.kind, "stage": m.stage, "stage_version": m.stage_version,
             "schema_version": m.schema_version, "content_digest": m.content_digest, "config": m.config,
             "code_version": m.code_version, "created": m.created, "timings": m.timings,
             "n_ok": m.n_ok, "n_failed": m.n_failed,
             "failed": [{"sample_id": s.sample_id, "reason": s.reason} for s in m.failed()],
             "inputs": {k: v.model_dump() for k, v in m.inputs.items()},
         })
-        todo.extend(Path(ref.path) for ref in m.inputs.values())
+        todo.extend(_locate(ref.path, p) for ref in m.inputs.values())
     return chain
 
 
@@ -123,18 +149,44 @@ def inspect_artifact(path: Path) -> dict:
     }
 
 
+def inspect_remote(url: str) -> dict:
+    """An artifact at a URL root, from its manifest and its inputs' manifests (data files are not read)."""
+    from schemas.storage import open_fs, storage_error
+
+    m = _read_at(url)
+    fs, path = open_fs(url)
+    try:
+        size = fs.du(path)
+    except Exception as e:
+        raise storage_error(url, e) from None
+    return {
+        "path": url, "kind": m.kind, "schema_version": m.schema_version, "stage": m.stage, "remote": True,
+        "config": m.config, "n_samples": len(m.samples), "n_ok": m.n_ok, "n_failed": m.n_failed,
+        "failed": [{"sample_id": s.sample_id, "reason": s.reason} for s in m.failed()],
+        "bytes_on_disk": size, "problems": [], "lineage": lineage(url),
+    }
+
+
 def inspect(
-    path: Path = typer.Argument(..., help="An artifact directory: capture store, selection, maps, scores, report, dataset."),
+    path: str = typer.Argument(..., help="An artifact directory (capture store, selection, maps, scores, report, "
+                                         "dataset), or its URL at a URL root (s3://bucket/prefix/<stage>/<key>)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a summary."),
 ) -> None:
     """Summarise and validate an artifact against its schema, and show its lineage back to the dataset.
 
     For a capture store: samples, per-sample status (failed ones with their reason), steps, feasible steps,
-    layers, grid, targets and bytes on disk. Exit status 1 if validation found problems.
+    layers, grid, targets and bytes on disk. Exit status 1 if validation found problems. At a URL root only
+    the manifests are read (the artifact's and its lineage's); the endpoint and credentials come from the
+    environment (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...).
     """
-    if not path.exists():
-        raise DcamError(f"{path} does not exist")
-    info = inspect_artifact(path)
+    from schemas.storage import is_url
+
+    if is_url(path):
+        info = inspect_remote(path)
+    else:
+        if not Path(path).exists():
+            raise DcamError(f"{path} does not exist")
+        info = inspect_artifact(Path(path))
     if as_json:
         typer.echo(json.dumps(info, indent=2, default=str))
     else:
@@ -151,7 +203,9 @@ def _print_summary(info: dict) -> None:
     con.print(f"[bold]{info['path']}[/bold]  kind {info['kind']}  schema {info['schema_version']}")
     con.print(f"samples {info['n_samples']}: ok {info['n_ok']}, failed {info['n_failed']};  "
               f"{info['bytes_on_disk'] / 1e6:.2f} MB on disk")
-    if info["kind"] == "capture":
+    if info.get("remote"):
+        con.print("at a URL root: manifests only (the data files were not read)")
+    elif info["kind"] == "capture":
         cfg = info["config"]
         con.print(f"model {cfg.get('model')}  mode {cfg.get('mode')}  layers {cfg.get('layers')}  "
                   f"steps {cfg.get('steps')}  block {cfg.get('block_length')}  score {cfg.get('score')}")

@@ -13,11 +13,11 @@ from schemas.errors import DcamError
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 
 
-def _print_table(run: dict) -> None:
+def _print_table(run: dict, root=None) -> None:
     """The per-method metrics table, as plain text (readable in logs and narrow terminals)."""
     from flows.pipeline import summary_table
 
-    df = summary_table(run)
+    df = summary_table(run, root)
     if df.empty:
         return
     cols = [c for c in ("method", "n_samples", "n_maps", "obj_iou", "contrast", "concentration", "f3",
@@ -48,6 +48,10 @@ def run(
         cfg = cfg.model_copy(update={"runner": runner})
     if dask_address:
         cfg = cfg.model_copy(update={"runner": "dask", "dask_address": dask_address})
+    from flows.pipeline import artifact_root
+
+    root = artifact_root(cfg)
+    root.check()  # a missing bucket, backend or endpoint fails here, in one line, before Prefect starts
     from flows.prefect_flows import FLOWS, with_runner
 
     if flow not in FLOWS:
@@ -58,16 +62,21 @@ def run(
         kwargs["store"] = str(store)
     result = f(**kwargs)
     stages = result.get("stage_results", result.get("stages", []))
+    if root.remote:  # where each output is at the root; "path" stays the local mirror's
+        stages = [{**s, "url": root.url_of(s["path"])} if s.get("path") else s for s in stages]
     if as_json:
-        typer.echo(json.dumps({"flow": flow, "root": cfg.root, "stages": stages,
-                               "report": result.get("report", {}).get("path")}, indent=2, default=str))
+        out = {"flow": flow, "root": cfg.root, "stages": stages, "report": result.get("report", {}).get("path")}
+        if root.remote:
+            out.update({"mirror": str(root.local), "report_url": result.get("report", {}).get("url")})
+        typer.echo(json.dumps(out, indent=2, default=str))
         return
     n_c = sum(s.get("status") == "computed" for s in stages)
-    typer.echo(f"{flow}: {len(stages)} stage outputs, {n_c} computed, {len(stages) - n_c} cached; root {cfg.root}")
+    typer.echo(f"{flow}: {len(stages)} stage outputs, {n_c} computed, {len(stages) - n_c} cached; root {cfg.root}"
+               + (f" (local mirror {root.local})" if root.remote else ""))
     if "presets" in result:
-        _print_table(result)
+        _print_table(result, root)
     if result.get("report"):
-        typer.echo(f"report: {result['report']['path']}")
+        typer.echo(f"report: {result['report'].get('url') or result['report']['path']}")
 
 
 def serve(
@@ -92,7 +101,12 @@ def serve(
         raise DcamError("scheduled runs need a Prefect server: run 'prefect server start' and set "
                         "PREFECT_API_URL=http://127.0.0.1:4200/api (the temporary server does not run schedules)")
     cfg = load_config(config)
-    cfg = cfg.model_copy(update={"root": str(Path(cfg.root).resolve())})
+    from flows.pipeline import artifact_root
+
+    root = artifact_root(cfg)
+    root.check()
+    if not root.remote:
+        cfg = cfg.model_copy(update={"root": str(root.local)})
     from flows.prefect_flows import pipeline_flow, with_runner
 
     f = with_runner(pipeline_flow, cfg)
@@ -103,7 +117,8 @@ def serve(
 
 
 def demo(
-    out: Path = typer.Option(None, "--out", help="Artifact root (default: artifacts/demo)."),
+    out: str = typer.Option(None, "--out", help="Artifact root: a directory or a URL such as s3://bucket/prefix "
+                                                "(default: artifacts/demo)."),
     count: int = typer.Option(None, "--count", help="Number of synthetic images (default 16)."),
 ) -> None:
     """The whole chain on the embedded default: synthesise data, capture with the bundled toy dMLLM, explain

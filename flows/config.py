@@ -91,7 +91,13 @@ class SweepSpec(BaseModel):
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = "run"
-    root: str = "artifacts/run"
+    root: str = Field("artifacts/run", min_length=1,
+                      description="artifact root: a local directory or an fsspec URL such as s3://bucket/prefix")
+    storage_options: dict[str, Any] | None = Field(
+        None, description="fsspec/s3fs options of a URL root, e.g. {endpoint_url: http://127.0.0.1:9000}; "
+                          "keep credentials in the environment (AWS_ACCESS_KEY_ID, ...), not here")
+    cache_dir: str | None = Field(None, description="where the local mirror of a URL root lives "
+                                                    "(default $DCAM_CACHE_DIR, else ~/.cache/dcam)")
     dataset: DatasetSpec
     capture: CaptureSpec = Field(default_factory=CaptureSpec)
     explain: ExplainSpec = Field(default_factory=ExplainSpec)
@@ -103,6 +109,19 @@ class RunConfig(BaseModel):
     shard_size: int = Field(50, ge=1)
     runner: Literal["thread", "dask", "sequential"] = "thread"
     dask_address: str | None = None
+
+    @model_validator(mode="after")
+    def _storage(self) -> "RunConfig":
+        from schemas.storage import is_url
+
+        if self.storage_options is not None and not is_url(self.root):
+            raise ValueError(f"storage_options apply to a URL root (s3://bucket/prefix), not the local root {self.root!r}")
+        for key in ("key", "secret", "token"):
+            if self.storage_options and self.storage_options.get(key):
+                raise ValueError(f"storage_options.{key}: put credentials in the environment (AWS_ACCESS_KEY_ID, "
+                                 "AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN or AWS_PROFILE), not in the run config: "
+                                 "the config is recorded as flow parameters")
+        return self
 
 
 def load_config(path: str | Path) -> RunConfig:
@@ -123,5 +142,6 @@ def load_config(path: str | Path) -> RunConfig:
         if errs:
             first = errs[0]
             where = ".".join(str(x) for x in first.get("loc", ()))
-            raise DcamError(f"{path}: {where}: {first.get('msg')}") from None
+            msg = str(first.get("msg")).removeprefix("Value error, ")
+            raise DcamError(f"{path}: {where}: {msg}" if where else f"{path}: {msg}") from None
         raise DcamError(f"{path}: {e}") from None

@@ -18,11 +18,18 @@ from typing import Any
 
 from flows.config import ChainOverride, RunConfig
 from schemas.errors import DcamError
-from schemas.manifest import digest_json, read_manifest
+from schemas.manifest import digest_json
+from schemas.storage import ArtifactRoot
 from stages.explain.addressing import artifact_dir, artifact_key, dataset_digest, is_done
 from stages.explain.runner import ChainSpec, chain_from_preset, run_stage
 
 CAPTURE_STAGE_VERSION = "1.0"
+
+
+# ------------------------------------------------------------------------------------------- root
+def artifact_root(cfg: RunConfig) -> ArtifactRoot:
+    """The run's artifact root: its local directory, or the local mirror of its URL (``s3://...``)."""
+    return ArtifactRoot(cfg.root, cfg.storage_options, cfg.cache_dir)
 
 
 # ------------------------------------------------------------------------------------------- chains
@@ -83,6 +90,8 @@ def sweep_chains(base: str, grid: dict[str, list[Any]]) -> list[ChainSpec]:
 # ------------------------------------------------------------------------------------------- dataset
 def prepare_dataset(cfg: RunConfig) -> dict[str, Any]:
     """The dataset directory: the configured path, or a synthetic set generated once under the root."""
+    root = artifact_root(cfg)
+    root.check()
     if cfg.dataset.path is not None:
         path = Path(cfg.dataset.path)
         if not path.exists():
@@ -92,8 +101,9 @@ def prepare_dataset(cfg: RunConfig) -> dict[str, Any]:
 
     s = cfg.dataset.synth
     conf = s.model_dump()
-    res = run_stage(Path(cfg.root), "dataset", "1.0", conf, {},
+    res = run_stage(root, "dataset", "1.0", conf, {},
                     lambda out: write_dataset(out, count=s.count, seed=s.seed, size=s.size), kind="dataset")
+    root.fetch(res.path)  # every later stage reads it
     return {"path": res.path, "status": res.status}
 
 
@@ -164,7 +174,7 @@ def model_digest(spec: str) -> str:
 
 def capture_path(cfg: RunConfig, dataset: str) -> Path:
     key = artifact_key("capture", CAPTURE_STAGE_VERSION, capture_config_dict(cfg, dataset), {})
-    return artifact_dir(Path(cfg.root).resolve(), "capture", key)
+    return artifact_dir(artifact_root(cfg).local, "capture", key)
 
 
 def capture_shard(cfg: RunConfig, dataset: str, shard: list[str]) -> dict[str, Any]:
@@ -175,7 +185,7 @@ def capture_shard(cfg: RunConfig, dataset: str, shard: list[str]) -> dict[str, A
     from stages.capture.run import capture_dataset
 
     store = capture_path(cfg, dataset)
-    if is_done(store, "capture"):
+    if artifact_root(cfg).done_manifest(store, "capture") is not None:
         return {"store": str(store), "status": "cached", "shard": len(shard)}
     t0 = time.perf_counter()
     with device_lock(cfg.capture.device):
@@ -203,9 +213,15 @@ def finalize_capture(cfg: RunConfig, dataset: str) -> dict[str, Any]:
     from stages.capture.run import finalize
 
     store = capture_path(cfg, dataset)
-    if is_done(store, "capture"):
-        return {"store": str(store), "status": "cached", "content_digest": read_manifest(store).content_digest}
-    m = finalize(CaptureStore.open(store, mode="a"), data=dataset, seconds=0.0)
+    root = artifact_root(cfg)
+    done = root.done_manifest(store, "capture")
+    if done is not None:
+        return {"store": str(store), "status": "cached", "content_digest": done.content_digest}
+    # a URL root: the store may be complete in the mirror (an interrupted upload); else finish it here
+    m = CaptureStore.open(store).manifest() if is_done(store, "capture") else None
+    if m is None:
+        m = finalize(CaptureStore.open(store, mode="a"), data=dataset, seconds=0.0)
+    root.publish(store)
     return {"store": str(store), "status": "computed", "content_digest": m.content_digest,
             "n_ok": m.n_ok, "n_failed": m.n_failed}
 
@@ -218,7 +234,7 @@ def explain_shard(cfg: RunConfig, store: str, dataset: str | None, chains: list[
 
     out = {}
     for spec in chains:
-        res = explain_chain(store, cfg.root, spec, policy=cfg.explain.policy, layers=cfg.explain.layers,
+        res = explain_chain(store, artifact_root(cfg), spec, policy=cfg.explain.policy, layers=cfg.explain.layers,
                             steps=cfg.explain.steps, dataset=dataset if cfg.score else None, sample_ids=shard)
         out[spec.name] = [r.to_dict() for r in res]
     return out
@@ -232,24 +248,29 @@ def merge_chain(cfg: RunConfig, name: str, shard_results: list[list[dict]]) -> d
     scores = [r for res in shard_results for r in res if r["stage"] == "score"]
     if len(shard_results) == 1:
         return {"maps": maps[0]["path"], "scores": scores[0]["path"] if scores else None, "merged": []}
-    root = Path(cfg.root)
+    root = artifact_root(cfg)
     merged = []
     m = run_stage(root, "merge-maps", "1.0", {}, {f"s{i}": r["content_digest"] for i, r in enumerate(maps)},
-                  lambda o: merge_maps([r["path"] for r in maps], o), kind="maps")
+                  lambda o: merge_maps([r["path"] for r in maps], o), kind="maps", needs=[r["path"] for r in maps])
     merged.append(m.to_dict())
     s = None
     if scores:
         s = run_stage(root, "merge-scores", "1.0", {}, {f"s{i}": r["content_digest"] for i, r in enumerate(scores)},
-                      lambda o: merge_scores([r["path"] for r in scores], o), kind="scores")
+                      lambda o: merge_scores([r["path"] for r in scores], o), kind="scores",
+                      needs=[r["path"] for r in scores])
         merged.append(s.to_dict())
     return {"maps": m.path, "scores": s.path if s else None, "merged": merged}
 
 
 def write_run(cfg: RunConfig, store: str, dataset: str | None, chains: list[ChainSpec],
               shard_results: list[dict[str, list[dict]]]) -> dict[str, Any]:
-    """Merge shards and write ``ROOT/run.json`` (what ``dcam report ROOT`` reads)."""
+    """Merge shards and write ``ROOT/run.json`` (what ``dcam report ROOT`` reads).
+
+    At a URL root the mirror's ``run.json`` names mirror paths and the root's names URLs.
+    """
     import json
-    import uuid
+
+    from schemas.storage import write_text_atomic
 
     run: dict[str, Any] = {"name": cfg.name, "store": str(Path(store).resolve()),
                            "dataset": str(Path(dataset).resolve()) if dataset else None, "policy": cfg.explain.policy,
@@ -261,30 +282,46 @@ def write_run(cfg: RunConfig, store: str, dataset: str | None, chains: list[Chai
         run["presets"][spec.name] = {"stages": stages, "maps": merged["maps"], "scores": merged["scores"],
                                      "chain": [spec.base, *spec.modules], "profile": spec.profile,
                                      "threshold": spec.threshold}
-    root = Path(cfg.root)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".run.json.{uuid.uuid4().hex[:8]}"
-    tmp.write_text(json.dumps(run, indent=2))
-    os.replace(tmp, root / "run.json")
+    root = artifact_root(cfg)
+    write_text_atomic(root.local / "run.json", json.dumps(run, indent=2))
+    root.put_text("run.json", json.dumps({**root.urls(run), "root": root.url}, indent=2))
     return run
 
 
 def build_report(cfg: RunConfig) -> dict[str, Any]:
+    """The HTML report under ``ROOT/report`` (built in the mirror and uploaded at a URL root)."""
     from stages.report.build import build_report as build
 
     t0 = time.perf_counter()
-    path = build(Path(cfg.root), max_samples=cfg.report_max_samples, methods=cfg.report_methods)
-    return {"stage": "report", "path": str(path), "status": "computed", "seconds": time.perf_counter() - t0}
+    root = artifact_root(cfg)
+    if root.remote:  # the report reads every chain's maps and scores, the store and the dataset
+        import json
+
+        run = json.loads((root.local / "run.json").read_text())
+        for entry in run["presets"].values():
+            for p in (entry.get("maps"), entry.get("scores")):
+                if p:
+                    root.fetch(p)
+        for p in (run.get("store"), run.get("dataset")):
+            if p:
+                root.fetch(p)
+    path = build(root.local, max_samples=cfg.report_max_samples, methods=cfg.report_methods)
+    root.publish(path.parent, replace=True)
+    out = {"stage": "report", "path": str(path), "status": "computed", "seconds": time.perf_counter() - t0}
+    if root.remote:
+        out["url"] = root.url_of(path)
+    return out
 
 
-def summary_table(run: dict[str, Any]):
-    """The per-method metrics table of a run (one row per chain)."""
+def summary_table(run: dict[str, Any], root: ArtifactRoot | None = None):
+    """The per-method metrics table of a run (one row per chain); scores at a URL ``root`` are downloaded."""
     import pandas as pd
 
     frames = []
     for name, entry in run["presets"].items():
         if entry.get("scores"):
-            df = pd.read_csv(Path(entry["scores"]) / "summary.csv")
+            path = root.fetch(entry["scores"]) if root is not None else Path(entry["scores"])
+            df = pd.read_csv(path / "summary.csv")
             df["method"] = name
             frames.append(df)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

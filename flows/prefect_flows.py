@@ -8,8 +8,9 @@ They pass paths and small dicts, never arrays. Two layers of caching:
   exists is reported ``cached`` and not recomputed;
 * the per-shard explain task has a Prefect cache key over the same ingredients (the
   capture manifest's digest, the chains, the shard, the dataset digest) with results
-  persisted as JSON under ``ROOT/.prefect-results``; a cached result whose artifacts were
-  deleted from disk is recomputed (the flow checks the paths).
+  persisted as JSON under ``ROOT/.prefect-results`` (the local mirror's, for a URL root); a
+  cached result whose artifacts were deleted is recomputed (the flow checks their manifests, at
+  the URL root for a URL root).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from prefect.cache_policies import NO_CACHE
 from flows import pipeline as P
 from flows.config import RunConfig
 from stages.explain.addressing import dataset_digest
-from schemas.manifest import code_version, digest_json, read_manifest
+from stages.explain.runner import capture_digest
+from schemas.manifest import code_version, digest_json
 
 
 def _cfg(config: dict[str, Any]) -> RunConfig:
@@ -52,7 +54,7 @@ def _explain_key(context, parameters) -> str:
     cfg = _cfg(parameters["config"])
     chains = [c.__dict__ for c in P.resolve_chains(cfg)]
     store = parameters["store"]
-    cap = read_manifest(store).content_digest
+    cap = capture_digest(store, P.artifact_root(cfg))
     ds = dataset_digest(parameters["dataset"]) if parameters.get("dataset") else None
     return "explain-" + digest_json({
         "capture": cap, "chains": chains, "explain": cfg.explain.model_dump(), "score": cfg.score,
@@ -94,8 +96,9 @@ def _runner(cfg: RunConfig):
     return ThreadPoolTaskRunner(max_workers=1 if cfg.runner == "sequential" else 2)
 
 
-def _paths_exist(result: dict[str, list[dict]]) -> bool:
-    return all(Path(r["path"]).exists() for stages in result.values() for r in stages)
+def _artifacts_exist(cfg: RunConfig, result: dict[str, list[dict]]) -> bool:
+    root = P.artifact_root(cfg)
+    return all(root.done_manifest(r["path"]) is not None for stages in result.values() for r in stages)
 
 
 def _explain_shards(cfg: RunConfig, store: str, dataset: str | None, ids: list[str]) -> list[dict]:
@@ -108,7 +111,7 @@ def _explain_shards(cfg: RunConfig, store: str, dataset: str | None, ids: list[s
         state = fut.state
         res = state.result()
         if state.name == "Cached":
-            if _paths_exist(res):
+            if _artifacts_exist(cfg, res):
                 res = {name: [{**r, "status": "cached"} for r in stages] for name, stages in res.items()}
             else:  # the cache outlived its artifacts: recompute
                 res = explain_shard_task.with_options(refresh_cache=True)(config, store, dataset, shard)
@@ -132,11 +135,16 @@ def _publish(cfg: RunConfig, run: dict[str, Any]) -> None:
     from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
     key = "".join(ch if ch.isalnum() else "-" for ch in cfg.name.lower()).strip("-") or "run"
-    table = P.summary_table(run)
-    lines = [f"# diffusion-cam run `{cfg.name}`", "", f"- capture store: `{run['store']}`",
-             f"- dataset: `{run['dataset']}`", f"- root: `{cfg.root}`"]
-    if "report" in run:
-        lines.append(f"- report: `{run['report']['path']}`")
+    root = P.artifact_root(cfg)
+    table = P.summary_table(run, root)
+    store = root.url_of(run["store"])
+    report = root.url_of(run["report"]["path"]) if "report" in run else None
+    lines = [f"# diffusion-cam run `{cfg.name}`", "", f"- capture store: `{store}`",
+             f"- dataset: `{root.url_of(run['dataset']) if run['dataset'] else None}`", f"- root: `{cfg.root}`"]
+    if root.remote:
+        lines.append(f"- local mirror: `{root.local}`")
+    if report:
+        lines.append(f"- report: `{report}`")
     lines += ["", "| chain | stages computed | stages cached |", "|---|---|---|"]
     for name, entry in run["presets"].items():
         n_c = sum(s["status"] == "computed" for s in entry["stages"])
@@ -148,10 +156,14 @@ def _publish(cfg: RunConfig, run: dict[str, Any]) -> None:
                             "obj_iou_word", "f1_iou") if c in table.columns]
         rows = table[cols].round(4).astype(object).where(table[cols].notna(), None).to_dict(orient="records")
         create_table_artifact(key=f"{key}-metrics", table=rows, description="dataset-level metrics per chain")
+
+    def link(path: str) -> str:
+        return root.url_of(path) if root.owns(path) else Path(path).resolve().as_uri()
+
     if "report" in run:
-        create_link_artifact(key=f"{key}-report", link=Path(run["report"]["path"]).resolve().as_uri(),
+        create_link_artifact(key=f"{key}-report", link=link(run["report"]["path"]),
                              description="self-contained HTML report")
-    create_link_artifact(key=f"{key}-capture", link=Path(run["store"]).resolve().as_uri(), description="capture store")
+    create_link_artifact(key=f"{key}-capture", link=link(run["store"]), description="capture store")
 
 
 @flow(name="capture_flow", log_prints=True)
@@ -187,7 +199,7 @@ def explain_flow(config: dict[str, Any], store: str | None = None) -> dict[str, 
         store = str(P.capture_path(cfg, ds["path"]))
     from schemas.capture import CaptureStore
 
-    ids = CaptureStore.open(store).sample_ids()
+    ids = CaptureStore.open(P.artifact_root(cfg).fetch(store)).sample_ids()
     return _explain(cfg, store, ds["path"], ids, [])
 
 
@@ -215,4 +227,4 @@ FLOWS = {"pipeline": pipeline_flow, "capture": capture_flow, "explain": explain_
 
 
 def with_runner(flow_obj, cfg: RunConfig):
-    return flow_obj.with_options(task_runner=_runner(cfg), result_storage=Path(cfg.root).resolve() / ".prefect-results")
+    return flow_obj.with_options(task_runner=_runner(cfg), result_storage=P.artifact_root(cfg).local / ".prefect-results")

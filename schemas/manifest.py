@@ -193,8 +193,16 @@ def read_manifest(directory: str | os.PathLike, kind: str | None = None) -> Stag
     path = directory / MANIFEST_FILE
     if not path.is_file():
         raise DcamError(f"{directory} is not a diffusion-cam artifact: no {MANIFEST_FILE} there")
+    return parse_manifest(path.read_text(), str(directory), kind)
+
+
+def parse_manifest(text: str | bytes, where: str, kind: str | None = None) -> StageManifest:
+    """Validate the text of the manifest of the artifact at ``where`` (a directory or a URL); see
+    :func:`read_manifest`."""
+    path = f"{where.rstrip('/')}/{MANIFEST_FILE}"
+    directory = where
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(text)
     except json.JSONDecodeError as e:
         raise DcamError(f"{path} is not valid JSON: {e}") from None
     found = str(raw.get("manifest_schema_version", "?"))

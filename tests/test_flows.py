@@ -1,6 +1,8 @@
 """Prefect flows: caching and invalidation, config-driven chains, kill-and-resume, concurrency,
 Dask runner, scheduled serving (issue 6). One Prefect test harness for the whole session."""
 
+import importlib
+import importlib.util
 import json
 import os
 import signal
@@ -234,3 +236,129 @@ def test_served_deployment_runs_on_interval(tmp_path, tiny_model):
                     p.wait(timeout=20)
                 except subprocess.TimeoutExpired:
                     os.killpg(p.pid, signal.SIGKILL)
+
+
+# ------------------------------------------------------------------------------------------- URL roots
+@pytest.fixture
+def s3(monkeypatch):
+    """A local S3-compatible server (moto) on loopback with one bucket, ``dcam``."""
+    pytest.importorskip("s3fs")
+    moto_server = pytest.importorskip("moto.server")
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    for k in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "FSSPEC_S3_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(k, raising=False)
+    port = _free_port()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    import urllib.request
+
+    import s3fs
+
+    endpoint = f"http://127.0.0.1:{port}"
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"))  # state is per process
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint}, skip_instance_cache=True)
+    fs.mkdir("dcam")
+    try:
+        yield {"endpoint": endpoint, "fs": fs, "options": {"client_kwargs": {"endpoint_url": endpoint}}}
+    finally:
+        server.stop()
+
+
+def test_s3_root_cached_lazy_interrupted_upload_and_invalidation(harness, s3, tmp_path, tiny_model, monkeypatch, capsys):
+    from flows.cli import main
+    from flows.pipeline import artifact_root, run_pipeline_plain
+    from flows.prefect_flows import pipeline_flow, with_runner
+
+    fs = s3["fs"]
+    explain = {"presets": [], "chains": [{"name": "dc", "preset": "diffusion-cam"}]}
+
+    def s3_config(cache, **over):
+        over.setdefault("explain", explain)
+        return make_config(tmp_path, tiny_model, root="s3://dcam/run", storage_options=s3["options"],
+                           cache_dir=str(tmp_path / cache), **over)
+
+    cfg = s3_config("cache-a", report=True, report_max_samples=1)
+    first = with_runner(pipeline_flow, cfg)(config=cfg.model_dump())
+    assert {st for *_, st in statuses(first)} == {"computed"}
+    root = artifact_root(cfg)
+    fs.invalidate_cache()
+    assert root.remote and str(root.local).startswith(str(tmp_path / "cache-a"))
+    for s in first["stage_results"][:-1]:  # every artifact; the last one is the report, checked below
+        assert fs.exists(f"{root.url_of(s['path'])}/manifest.json"), s
+    run = json.loads(fs.cat_file("dcam/run/run.json"))
+    assert run["root"] == "s3://dcam/run" and run["presets"]["dc"]["scores"].startswith("s3://dcam/run/merge-scores/")
+    assert fs.exists("dcam/run/report/report.html") and fs.exists("dcam/run/report/manifest.json")
+
+    # dcam inspect on the URL: the manifest chain back to the dataset
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3["endpoint"])
+    capsys.readouterr()
+    main(["inspect", run["presets"]["dc"]["scores"], "--json"])
+    info = json.loads(capsys.readouterr().out)
+    assert info["kind"] == "scores" and {"capture", "dataset", "maps", "selection"} <= {s.get("kind") for s in info["lineage"]}
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+
+    # an upload interrupted before its manifest: the data is there, the commit marker is not. Another
+    # machine (a fresh mirror) sees the artifact as absent and computes it; nothing else is downloaded.
+    cba = next(s for s in first["stage_results"] if s["stage"] == "cba" and s["shard"] == 0)
+    fs.rm(f"{root.url_of(cba['path'])}/manifest.json")
+    assert fs.find(root.url_of(cba["path"]))  # the data files are still there
+    cfg_b = s3_config("cache-b")
+    second = with_runner(pipeline_flow, cfg_b)(config=cfg_b.model_dump())
+    assert [(c, stage, sh) for c, stage, sh, st in statuses(second) if st == "computed"] == [("dc", "cba", 0)]
+    fs.invalidate_cache()
+    assert fs.exists(f"{root.url_of(cba['path'])}/manifest.json")
+    mirror = artifact_root(cfg_b).local
+    assert not (mirror / "capture").exists() and not (mirror / "gradcam").exists()  # downloaded only when read
+    assert len(list((mirror / "dacg").iterdir())) == 1  # the one input the recomputed stage read
+
+    # a second identical run (Dask workers when prefect-dask is installed, a third mirror): every stage cached
+    runner = "dask" if importlib.util.find_spec("prefect_dask") else "thread"
+    cfg_c = s3_config("cache-c", runner=runner)
+    third = with_runner(pipeline_flow, cfg_c)(config=cfg_c.model_dump())
+    assert {st for *_, st in statuses(third)} == {"cached"} and len(statuses(third)) == len(statuses(second))
+
+    # the plain pipeline (dcam demo's) decides the same way
+    plain = run_pipeline_plain(cfg_b)
+    assert {s["status"] for entry in plain["presets"].values() for s in entry["stages"]} == {"cached"}
+
+    # one changed parameter (paper DACG smoothing width): DACG and what follows it recompute
+    changed = {"presets": [], "chains": [{"name": "dc", "preset": "diffusion-cam", "params": {"dacg": {"sigma": 2.0}}}]}
+    cfg_d = s3_config("cache-b", explain=changed)
+    fourth = with_runner(pipeline_flow, cfg_d)(config=cfg_d.model_dump())
+    computed = {(c, stage) for c, stage, sh, st in statuses(fourth) if st == "computed"}
+    assert computed == {("dc", "dacg"), ("dc", "cba"), ("dc", "normalize"), ("dc", "sicd"), ("dc", "score"),
+                        ("dc", "merge-maps"), ("dc", "merge-scores")}
+    fs.invalidate_cache()
+    assert not [p for p in fs.find("dcam/run") if ".tmp-" in p]
+
+
+def test_s3_root_errors_are_one_line(s3, tmp_path, tiny_model, monkeypatch, capsys):
+    from flows.cli import main
+
+    fsspec_registry = importlib.import_module("fsspec.registry")._registry
+
+    def run_cli(**over):
+        cfg = make_config(tmp_path, tiny_model, **over)
+        with pytest.raises(SystemExit) as e:
+            main(["run", str(_write(tmp_path, cfg))])
+        # stderr may also hold the Prefect harness's background log noise: one error line is what counts
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("dcam: error:")]
+        assert e.value.code == 1 and len(errors) == 1, errors
+        return errors[0]
+
+    err = run_cli(root="s3://no-such-bucket/run", storage_options=s3["options"])
+    assert err.startswith("dcam: error: artifact root s3://no-such-bucket/run: bucket 'no-such-bucket' does not exist")
+    closed = _free_port()
+    err = run_cli(root="s3://dcam/run", storage_options={"client_kwargs": {"endpoint_url": f"http://127.0.0.1:{closed}"},
+                                                        "config_kwargs": {"retries": {"max_attempts": 1}}})
+    assert "artifact root s3://dcam/run" in err and f"127.0.0.1:{closed}" in err and "AWS_ENDPOINT_URL" in err
+    monkeypatch.setitem(sys.modules, "s3fs", None)  # s3fs not installed
+    monkeypatch.delitem(fsspec_registry, "s3", raising=False)
+    err = run_cli(root="s3://dcam/run")
+    assert "artifact root s3://dcam/run" in err and 'pip install -e ".[s3]"' in err
+    cfg = {"name": "t", "root": str(tmp_path / "local"), "storage_options": {"endpoint_url": "http://x"},
+           "dataset": {"synth": {"count": 1}}}
+    with pytest.raises(Exception, match="storage_options apply to a URL root"):
+        RunConfig.model_validate(cfg)

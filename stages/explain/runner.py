@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 from schemas.capture import CaptureStore
 from schemas.errors import DcamError
 from schemas.manifest import StageManifest, read_manifest
+from schemas.storage import ArtifactRoot, as_root
 from stages.explain.addressing import StageResult, artifact_dir, artifact_key, dataset_digest, is_done
 
 
@@ -50,32 +51,49 @@ def chain_from_preset(name: str) -> ChainSpec:
                      threshold=p.threshold)
 
 
-def run_stage(root: Path, stage: str, version: str, config: dict[str, Any], inputs: dict[str, str],
-              compute: Callable[[Path], StageManifest], *, kind: str | None = None) -> StageResult:
-    """Compute a stage output unless it already exists; publish it atomically."""
+def run_stage(root: "ArtifactRoot | str | Path", stage: str, version: str, config: dict[str, Any],
+              inputs: dict[str, str], compute: Callable[[Path], StageManifest], *, kind: str | None = None,
+              needs: Sequence[str | Path] = ()) -> StageResult:
+    """Compute a stage output unless it already exists; publish it atomically.
+
+    ``root`` may be a URL root (:class:`schemas.storage.ArtifactRoot`): the output is then computed in
+    the local mirror and uploaded, and ``needs`` (the input artifacts ``compute`` reads) are downloaded
+    first when the mirror lacks them.
+    """
+    ar = as_root(root)
     key = artifact_key(stage, version, config, inputs)
-    final = artifact_dir(Path(root).resolve(), stage, key)
-    if is_done(final, kind):
-        return StageResult(stage, str(final), "cached", read_manifest(final).content_digest)
+    final = artifact_dir(ar.local, stage, key)
+    done = ar.done_manifest(final, kind)
+    if done is not None:
+        return StageResult(stage, str(final), "cached", done.content_digest)
+    t0 = time.perf_counter()
+    if ar.remote and is_done(final, kind):  # complete in the mirror, never uploaded (an interrupted run)
+        ar.publish(final)
+        return StageResult(stage, str(final), "computed", read_manifest(final).content_digest,
+                           time.perf_counter() - t0)
+    for path in needs:
+        ar.fetch(path)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(final.parent)
-    t0 = time.perf_counter()
+    status = "computed"
     try:
         manifest = compute(tmp)
         try:
             os.rename(tmp, final)
         except OSError:
             if is_done(final, kind):  # another run published the same artifact first
-                shutil.rmtree(tmp, ignore_errors=True)
-                return StageResult(stage, str(final), "cached", read_manifest(final).content_digest)
-            shutil.rmtree(final, ignore_errors=True)  # a stale partial directory
-            os.rename(tmp, final)
+                manifest, status = read_manifest(final), "cached"
+            else:
+                shutil.rmtree(final, ignore_errors=True)  # a stale partial directory
+                os.rename(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return StageResult(stage, str(final), "computed", manifest.content_digest, time.perf_counter() - t0)
-
+    if ar.publish(final) is False and ar.remote and status == "computed":
+        status = "cached"  # another run uploaded it while this one computed it
+    return StageResult(stage, str(final), status, manifest.content_digest,
+                       time.perf_counter() - t0 if status == "computed" else 0.0)
 
 
 def sweep_stale(stage_dir: Path) -> None:
@@ -93,9 +111,12 @@ def sweep_stale(stage_dir: Path) -> None:
             pass
 
 
-def capture_digest(store_path: str | Path) -> str:
-    store = CaptureStore.open(store_path)
-    m = store.manifest()
+def capture_digest(store_path: str | Path, root: "ArtifactRoot | str | Path | None" = None) -> str:
+    """The content digest of a finished capture store (read at the URL root when ``root`` is one)."""
+    if root is not None and as_root(root).owns(store_path):
+        m = as_root(root).done_manifest(store_path, "capture")
+    else:
+        m = CaptureStore.open(store_path).manifest()
     if m is None:
         raise DcamError(f"{store_path}: the capture run did not finish (no manifest.json); rerun 'dcam capture'")
     return m.content_digest
@@ -103,7 +124,7 @@ def capture_digest(store_path: str | Path) -> str:
 
 def explain_chain(
     store: str | Path,
-    root: str | Path,
+    root: "ArtifactRoot | str | Path",
     spec: ChainSpec,
     *,
     policy: str = "unmask-step",
@@ -117,20 +138,20 @@ def explain_chain(
     from stages.explain.module import STAGE_VERSION as MOD_V, run_module
     from stages.explain.select import STAGE_VERSION as SEL_V, run_select
 
-    root = Path(root)
+    root = as_root(root)
     results = []
-    cap = capture_digest(store)
+    cap = capture_digest(store, root)
     shard = sorted(sample_ids) if sample_ids is not None else None
     sel_cfg = {"policy": policy, "layers": list(layers) if layers else None, "steps": list(steps) if steps else None,
                "sample_ids": shard}
     sel = run_stage(root, "select", SEL_V, sel_cfg, {"capture": cap},
                     lambda out: run_select(store, out, policy=policy, layers=layers, steps=steps, sample_ids=sample_ids),
-                    kind="selection")
+                    kind="selection", needs=[store])
     results.append(sel)
     base_cfg = {"method": spec.base, "options": spec.base_options}
     prev = run_stage(root, "gradcam", BASE_V, base_cfg, {"capture": cap, "selection": sel.content_digest},
                      lambda out: run_basemap(store, sel.path, out, method=spec.base, options=spec.base_options),
-                     kind="maps")
+                     kind="maps", needs=[store, sel.path])
     results.append(prev)
     for module in spec.modules:
         params = spec.params.get(module, {})
@@ -139,14 +160,14 @@ def explain_chain(
         prev = run_stage(root, module, MOD_V, cfg, {"maps": prev.content_digest},
                          lambda out, src=src, module=module, params=params: run_module(
                              src, out, module=module, profile=spec.profile, params=params),
-                         kind="maps")
+                         kind="maps", needs=[src])
         results.append(prev)
     if spec.threshold is not None:
         from stages.explain.module import run_threshold
 
         src = prev.path
         prev = run_stage(root, "threshold", MOD_V, {"threshold": spec.threshold}, {"maps": prev.content_digest},
-                         lambda out: run_threshold(src, out, threshold=spec.threshold), kind="maps")
+                         lambda out: run_threshold(src, out, threshold=spec.threshold), kind="maps", needs=[src])
         results.append(prev)
     if dataset is not None:
         from stages.score.stage import STAGE_VERSION as SCORE_V, run_score
@@ -154,7 +175,8 @@ def explain_chain(
         ds_digest = dataset_digest(dataset)
         src = prev.path
         results.append(run_stage(root, "score", SCORE_V, {"method": spec.name}, {"maps": prev.content_digest, "dataset": ds_digest},
-                                 lambda out: run_score(src, dataset, out, method=spec.name), kind="scores"))
+                                 lambda out: run_score(src, dataset, out, method=spec.name), kind="scores",
+                                 needs=[src, dataset]))
     return results
 
 
