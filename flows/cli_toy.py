@@ -37,19 +37,24 @@ def train_command(
         raise DcamError(f"--out: {out} is a file, not a directory")
     with Progress(
         TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TextColumn("loss {task.fields[loss]:.4f}  one-pass exact {task.fields[acc]}"),
+        TextColumn("loss {task.fields[loss]:.4f} aux {task.fields[aux]:.4f}  one-pass {task.fields[acc]}"),
         TimeElapsedColumn(), TimeRemainingColumn(),
     ) as progress:
-        task = progress.add_task("train", total=recipe.steps, loss=float("nan"), acc="-")
+        task = progress.add_task("train", total=recipe.steps, loss=float("nan"), aux=float("nan"), acc="-")
 
-        def on_step(step: int, loss: float, accuracy: float | None) -> None:
-            fields = {"loss": loss} if accuracy is None else {"loss": loss, "acc": f"{accuracy:.3f}"}
+        def on_step(step: int, losses: dict, metrics: dict | None) -> None:
+            fields = dict(losses)
+            if metrics is not None:
+                fields["acc"] = f"exact {metrics['exact']:.3f} colour {metrics['colour']:.3f} shape {metrics['shape']:.3f}"
             progress.update(task, advance=1, **fields)
 
         model = train(recipe, on_step=on_step)
     model.save_pretrained(out)
     info = model.config.training
-    typer.echo(f"saved {out} ({info['seconds']} s, one-pass exact match {info['one_pass_exact_match']:.3f})")
+    typer.echo(
+        f"saved {out} ({info['seconds']} s; held-out one-pass exact match {info['one_pass_exact_match']:.3f}, "
+        f"colour {info['one_pass_colour']:.3f}, shape {info['one_pass_shape']:.3f})"
+    )
 
 
 @toy_app.command("eval")

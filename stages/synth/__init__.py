@@ -7,6 +7,7 @@ deterministic set of scenes in the COCO Caption layout of TAM (``schemas/LAYOUT.
 from stages.synth.render import (
     CATEGORIES,
     COLOURS,
+    MAX_OBJECTS,
     SHAPES,
     Scene,
     SceneObject,
@@ -19,6 +20,7 @@ from stages.synth.write import write_dataset
 __all__ = [
     "CATEGORIES",
     "COLOURS",
+    "MAX_OBJECTS",
     "SHAPES",
     "Scene",
     "SceneObject",

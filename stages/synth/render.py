@@ -47,7 +47,8 @@ _REFERENCE_SIZE = 96          # the sizes below are in pixels at this image size
 _OBJECT_DIAMETER = (18.0, 30.0)
 _MIN_GAP = 2.0                # least distance between two objects' masks
 _MIN_CENTRE_DX = 6.0          # least distance between two bbox centres along x (unambiguous order)
-_MAX_OBJECTS = 4              # more than this does not fit reliably at the smallest size
+#: Most objects a scene can hold; more than this does not fit reliably at the smallest size.
+MAX_OBJECTS = 4
 _TRIES_PER_OBJECT = 100
 _BACKGROUNDS = ("gradient", "noise", "stripes", "checker", "blotches")
 
@@ -297,9 +298,9 @@ def render_scene(
     """
     if not isinstance(size, (int, np.integer)) or size < 32:
         raise ValueError(f"size: must be an integer >= 32, got {size!r}")
-    if not 1 <= min_objects <= max_objects <= _MAX_OBJECTS:
+    if not 1 <= min_objects <= max_objects <= MAX_OBJECTS:
         raise ValueError(
-            f"min_objects, max_objects: need 1 <= min_objects <= max_objects <= {_MAX_OBJECTS}, "
+            f"min_objects, max_objects: need 1 <= min_objects <= max_objects <= {MAX_OBJECTS}, "
             f"got {min_objects} and {max_objects}"
         )
     if not 0.0 <= clutter_prob <= 1.0:

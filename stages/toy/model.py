@@ -98,14 +98,25 @@ _SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
 LOCAL_FEATURE_CHANNELS = 8
 
 
+#: Per-channel mean and standard deviation of the raw :func:`local_pixel_features` channels over synthetic
+#: scenes (256 training scenes, seed 3), used to standardise them.
+_FEATURE_MEAN = (-0.015, -0.025, -0.025, -0.846, -0.975, -0.975, -0.971, -0.971)
+_FEATURE_STD = (0.278, 0.267, 0.278, 0.327, 0.149, 0.147, 0.147, 0.147)
+
+
 def local_pixel_features(pixel_values: torch.Tensor) -> torch.Tensor:
-    """RGB plus fixed per-pixel chroma and oriented edge energy, the input of the toy vision tower.
+    """RGB plus fixed per-pixel chroma and oriented edge energy, standardised: the input of the toy vision tower.
 
     A 0-layer SigLIP sees each 8x8 patch only through one linear map, and a tiny model trained for minutes
     never learned shape from RGB alone (shape accuracy stayed at chance after 1100 steps, colour was
     learned). These parameter-free channels make "which edge orientations are in this patch" linear in
     the input while keeping every feature local (a 3x3 neighbourhood), so image tokens still describe only
     their own patch and Grad-CAM can localise.
+
+    Each channel is standardised with fixed constants (:data:`_FEATURE_MEAN`, :data:`_FEATURE_STD`). The
+    edge channels are near their minimum almost everywhere (mean -0.975, std 0.15 before standardising);
+    unstandardised, the patch embedding learned per-patch shape about 3x slower (measured: 0.26 against
+    0.75 patch-level shape accuracy of the vision tower alone after 100 steps).
 
     Parameters
     ----------
@@ -117,13 +128,16 @@ def local_pixel_features(pixel_values: torch.Tensor) -> torch.Tensor:
     Tensor of shape (B, 8, H, W)
         RGB; chroma (max minus min of R, G, B), which separates the saturated objects from the grey
         background whatever their colour; the absolute Sobel response of the chroma along x, y and the two
-        diagonals. All in about [-1, 1].
+        diagonals. Each about zero-mean and unit-variance over synthetic scenes.
     """
     chroma = pixel_values.amax(dim=1, keepdim=True) - pixel_values.amin(dim=1, keepdim=True)  # in [0, 2]
     kx = _SOBEL_X.to(pixel_values)
     kernels = torch.stack([kx, kx.T, (kx + kx.T) / 2**0.5, (kx - kx.T) / 2**0.5]).unsqueeze(1)
     edges = torch.nn.functional.conv2d(torch.nn.functional.pad(chroma, (1, 1, 1, 1), mode="replicate"), kernels)
-    return torch.cat([pixel_values, chroma - 1.0, edges.abs() / 4.0 - 1.0], dim=1)
+    raw = torch.cat([pixel_values, chroma - 1.0, edges.abs() / 4.0 - 1.0], dim=1)
+    mean = torch.tensor(_FEATURE_MEAN, dtype=raw.dtype, device=raw.device).view(1, -1, 1, 1)
+    std = torch.tensor(_FEATURE_STD, dtype=raw.dtype, device=raw.device).view(1, -1, 1, 1)
+    return (raw - mean) / std
 
 
 def sincos_position_embedding(grid: tuple[int, int], dim: int) -> torch.Tensor:
