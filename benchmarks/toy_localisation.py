@@ -10,8 +10,8 @@ hidden states after blocks 0, 1 and 2. Five maps are formed from the activations
 * ``gxa``      : ``sum_c G * A`` per position (gradient x activation), and its negative;
 * ``gnorm``    : ``|G|`` per position.
 
-A map "points" when its argmax patch lies on the named object (a patch the object covers by more than a
-quarter). Chance is the object's share of the grid (about 5-10%).
+A map "points" when its argmax patch lies on the named object (a patch :func:`stages.toy.train.patch_labels`
+gives to it: the object covering most of the patch, at least a quarter). Chance is the object's share of the grid (about 5-10%).
 
     python benchmarks/toy_localisation.py [--weights DIR] [--scenes 60] [--seed 11]
 """
@@ -37,20 +37,19 @@ def main() -> None:
 
     from stages.synth import render_scene
     from stages.toy.model import ToyDMLLM
-    from stages.toy.train import answer_ids
+    from stages.toy.train import answer_ids, patch_labels
 
     model = ToyDMLLM.from_pretrained(args.weights)
     blocks = range(min(3, model.config.num_layers - 1))
     rng = np.random.default_rng(args.seed)
-    gh, gw = model.grid
     hits: dict[tuple[int, str], list[bool]] = {}
     for _ in range(args.scenes):
         scene = render_scene(rng)
         pixels = model.preprocess(scene.image)
         answer = torch.tensor([answer_ids(model, scene.caption)])
-        for k, obj in enumerate(scene.objects):
-            cover = obj.mask.reshape(gh, obj.mask.shape[0] // gh, gw, obj.mask.shape[1] // gw).mean(axis=(1, 3))
-            on_object = (cover > 0.25) if (cover > 0.25).any() else (cover > 0)
+        rank = patch_labels(scene, model.grid)[2]  # 1 + the object's left-to-right index, 0 off objects
+        for k in range(len(scene.objects)):
+            on_object = rank == k + 1
             for offset in (1, 2):  # the colour and the shape word of object k
                 pos = 4 * k + offset
                 x = answer.clone()
@@ -77,7 +76,7 @@ def main() -> None:
                         "gxa": (a * g).sum(-1), "-gxa": -(a * g).sum(-1), "gnorm": g.norm(dim=-1),
                     }
                     for name, m in maps.items():
-                        hits.setdefault((b, name), []).append(bool(on_object.reshape(-1)[int(m.argmax())]))
+                        hits.setdefault((b, name), []).append(bool(on_object[int(m.argmax())]))
                 model.zero_grad(set_to_none=True)
     print(f"{'block':>5}  " + "  ".join(f"{n:>9}" for n in ("gradcam", "-gradcam", "gxa", "-gxa", "gnorm")))
     for b in blocks:

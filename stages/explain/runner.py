@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from schemas.errors import DcamError
-from schemas.manifest import MANIFEST_FILE, StageManifest, read_manifest
+from schemas.capture import finished_manifest
+from schemas.manifest import StageManifest, read_manifest
 from schemas.storage import ArtifactRoot, as_root
 from stages.explain.addressing import StageResult, artifact_dir, artifact_key, dataset_digest, is_done
 
@@ -115,12 +116,7 @@ def capture_digest(store_path: str | Path, root: "ArtifactRoot | str | Path | No
     if root is not None and as_root(root).owns(store_path):
         m = as_root(root).done_manifest(store_path, "capture")
     else:
-        # The manifest alone (kind and schema version checked): opening the Zarr store parses its
-        # consolidated metadata, about 2 s per call at 5,000 samples, once per shard.
-        path = Path(store_path)
-        if not (path / "zarr.json").exists():
-            raise DcamError(f"{path} is not a capture store (no zarr.json); run 'dcam capture' first")
-        m = read_manifest(path, "capture") if (path / MANIFEST_FILE).is_file() else None
+        m = finished_manifest(store_path)  # once per shard: the manifest alone, not the Zarr store
     if m is None:
         raise DcamError(f"{store_path}: the capture run did not finish (no manifest.json); rerun 'dcam capture'")
     return m.content_digest
