@@ -44,8 +44,11 @@ def test_grad_cam_target_axis_and_from_weights_agree():
     cams = grad_cam(acts, grads, (3, 4))
     assert cams.shape == (3, 3, 4)
     alpha = grads.mean(axis=1, dtype=np.float64).astype(np.float32)
-    np.testing.assert_array_equal(cams, grad_cam_from_weights(acts, alpha, (3, 4)))
-    np.testing.assert_array_equal(cams[1], grad_cam(acts, grads[1], (3, 4)))
+    # A batched and a single matmul may sum in different orders (BLAS kernels differ by CPU): float32
+    # agreement to a few ulps of the map's scale (|cam| ~ 1 here), not bit equality.
+    tol = dict(rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(cams, grad_cam_from_weights(acts, alpha, (3, 4)), **tol)
+    np.testing.assert_allclose(cams[1], grad_cam(acts, grads[1], (3, 4)), **tol)
     # row-major grid order: token 5 is row 1, column 1
     np.testing.assert_allclose(cams[0, 1, 1], acts[5] @ alpha[0], rtol=1e-6)
 
