@@ -26,6 +26,7 @@ from stages.score import (
     score_map,
     tam_word_scores,
 )
+from stages.score.metrics import resize_bilinear_uint8, tam_binarize, to_uint8
 from stages.score.aggregate import frame, long_rows, summarise, write_table
 
 # ------------------------------------------------------------------------------------------ F3 vs paper
@@ -299,14 +300,80 @@ def test_tam_word_scores_by_hand():
     maps = [function_map, off, on_object, off, off, np.full((4, 4), 1.0)]
     out = tam_word_scores(maps, words, mask)
     objects = [e for e in out if e["kind"] == "object"]
-    # Words 1 and 2 are consecutive with label 1: merged, keeping the best IoU (word 2's, 1.0).
-    assert [(e["index"], e["label"], e["value"]) for e in objects] == [(1, 1, 1.0), (4, 7, 0.0)]
+    # Words 1 and 2 are consecutive with label 1: merged, keeping the best IoU (word 2's, 1.0); label 7 is
+    # not in the image: no Obj-IoU entry (TAM's `if gt.sum() != 0`).
+    assert [(e["index"], e["label"], e["value"]) for e in objects] == [(1, 1, 1.0)]
     # fg threshold = mean of the 3 noun thresholds, all 0 -> Func-IoU = share of pixels < 0 = 0.
     funcs = [e for e in out if e["kind"] == "function"]
     assert [(e["index"], e["value"]) for e in funcs] == [(0, 0.0), (5, 0.0)]
     assert tam_word_scores([off], [("function", None)], mask) == []
     with pytest.raises(ValueError, match="word_classes: 1 entries for 2 heatmaps"):
         tam_word_scores([off, off], [("function", None)], mask)
+
+
+def test_resize_bilinear_uint8_hand_worked_like_opencv_fixed_point():
+    # [0, 255] -> 4 columns. x = (dx + 0.5) / 2 - 0.5 = -0.25, 0.25, 0.75, 1.25: the outer two clamp to the
+    # edge pixel; weights (1 - f, f) * 2048 = (1536, 512), (512, 1536). Row sums 255 * 512 = 130560 and
+    # 255 * 1536 = 391680; ((S >> 4) * 2048 >> 16 + 2) >> 2 = (255 + 2) >> 2 = 64 and (765 + 2) >> 2 = 191.
+    out = resize_bilinear_uint8(np.array([[0, 255]], np.uint8), (1, 4))
+    np.testing.assert_array_equal(out, [[0, 64, 191, 255]])
+    # The float route (resize, then uint8(255 * h)) truncates 63.75 to 63: one level apart.
+    np.testing.assert_array_equal(to_uint8(resize_bilinear(np.array([[0.0, 1.0]]), (1, 4))), [[0, 63, 191, 255]])
+    # Halving both sides is OpenCV's fast area average: (0 + 1 + 2 + 4 + 2) >> 2 = 2.
+    np.testing.assert_array_equal(resize_bilinear_uint8(np.array([[0, 1], [2, 4]], np.uint8), (1, 1)), [[2]])
+    with pytest.raises(ValueError, match="uint8"):
+        resize_bilinear_uint8(np.zeros((2, 2)), (4, 4))
+
+
+def test_resize_bilinear_uint8_matches_opencv_when_installed():
+    cv2 = pytest.importorskip("cv2")
+    rng = np.random.default_rng(7)
+    for h, w, big_h, big_w in [(24, 24, 480, 640), (5, 7, 40, 40), (13, 38, 72, 5), (27, 27, 427, 640), (8, 6, 4, 3)]:
+        img = rng.integers(0, 256, size=(h, w)).astype(np.uint8)
+        np.testing.assert_array_equal(resize_bilinear_uint8(img, (big_h, big_w)), cv2.resize(img, (big_w, big_h)))
+
+
+def test_tam_resize_moves_the_otsu_threshold_by_one_level():
+    heat = np.array([[0.0, 1.0]])
+    # uint8 route: [0, 64, 191, 255] -> Otsu splits {0, 64} | {191, 255} at the first best t, 64; float: 63.
+    assert tam_binarize(heat, (1, 4))[1] == 64
+    assert tam_binarize(heat, (1, 4), tam_resize="float")[1] == 63
+    mask = np.array([[1, 1, 0, 0]], np.int32)
+    func_map = np.full((1, 1), 63 / 255)  # uint8 63: below 64, not below 63
+    words = [("object", 1), ("function", None)]
+    assert tam_word_scores([heat, func_map], words, mask)[1]["value"] == 1.0
+    assert tam_word_scores([heat, func_map], words, mask, tam_resize="float")[1]["value"] == 0.0
+    with pytest.raises(ValueError, match="tam_resize"):
+        tam_binarize(heat, (1, 4), tam_resize="nearest")
+
+
+def test_tam_absent_category_skipped_in_obj_iou_but_its_threshold_kept():
+    # Hand-worked TAM eval.py on one 1x4 sample (maps at the mask's size, so the resize is the identity):
+    # "dog" (label 1, present): uint8 [255, 255, 0, 0], Otsu t = 0 (first of the tied best splits), IoU 1.
+    # "cat" (label 5, absent): uint8 [0, 102, 204, 255]; between-class variances 6557 (t=0), 7966 (t=102),
+    #   4389 (t=204) -> t = 102; no IoU (gt.sum() == 0) but the threshold counts: fg = (0 + 102) / 2 = 51.
+    # "the": uint8 [0, 25, 76, 127] -> Func-IoU = mean(v < 51) = 2 / 4.
+    mask = np.array([[1, 1, 0, 0]], np.int32)
+    dog, cat, the = np.array([[1.0, 1.0, 0, 0]]), np.array([[0, 0.4, 0.8, 1.0]]), np.array([[0, 0.1, 0.3, 0.5]])
+    out = tam_word_scores([the, dog, cat], [("function", None), ("object", 1), ("object", 5)], mask)
+    assert [(e["index"], e["metric"], e["value"]) for e in out] == [(0, "func_iou", 0.5), (1, "tam_obj_iou", 1.0)]
+    assert out[1]["otsu_threshold"] == 0.0
+    # Dataset F1-IoU of this sample: Obj 1.0, Func 0.5 -> 2 * 0.5 / 1.5 (with an IoU-0 entry it was 0.5).
+    assert f1_iou(1.0, 0.5) == pytest.approx(2 / 3)
+    # Only absent nouns: no Obj-IoU, yet a threshold, so function words are scored (fg = 102: 3 of 4 below).
+    only_absent = tam_word_scores([cat, the], [("object", 5), ("function", None)], mask)
+    assert [(e["metric"], e["value"]) for e in only_absent] == [("func_iou", 0.75)]
+
+
+def test_tam_merge_joins_only_the_consecutive_words_themselves():
+    # Departure (README): TAM merges by consecutive labels alone, so two consecutive absent nouns of one
+    # category would merge the two IoU entries before them. Here "dog" and "grass" stay two entries.
+    mask = np.array([[1, 1, 2, 2]], np.int32)
+    dog, grass = np.array([[1.0, 1.0, 0, 0]]), np.array([[0, 0, 1.0, 1.0]])
+    absent = np.array([[0, 0.4, 0.8, 1.0]])
+    words = [("object", 1), ("object", 2), ("object", 9), ("object", 9)]
+    out = tam_word_scores([dog, grass, absent, absent], words, mask)
+    assert [(e["index"], e["label"], e["value"]) for e in out] == [(0, 1, 1.0), (1, 2, 1.0)]
 
 
 def test_tam_func_iou_uses_the_mean_noun_threshold():

@@ -10,7 +10,8 @@ Which maps are scored how:
 * the official contrastive target: the paper's protocol (it is the paper's one map);
 * the whole-response target: the paper's protocol with prefix ``response_``;
 * per sample and layer, TAM's protocol over all word maps (``tam_obj_iou`` for matched
-  nouns, ``func_iou`` for function words).
+  nouns whose category is in the image, ``func_iou`` for function words), with TAM's
+  uint8 resize by default (``tam_resize``, :func:`stages.score.metrics.tam_binarize`).
 
 Words that name no object in the image (colours, function words) get no paper-protocol
 row: there is no ground truth for where they should look.
@@ -31,7 +32,7 @@ from schemas.errors import DcamError
 from schemas.manifest import ARTIFACT_SCHEMA_VERSIONS, InputRef, SampleStatus, StageManifest, digest_files, read_manifest, write_manifest
 from schemas.maps import read_mapset
 
-STAGE_VERSION = "1.0"
+STAGE_VERSION = "1.1"  # 1.1: TAM protocol as eval.py (absent categories skipped, uint8 resize)
 KIND = "scores"
 
 
@@ -49,7 +50,7 @@ def unit_map(m: np.ndarray) -> np.ndarray:
     return m / peak if peak > 0 else m
 
 
-def score_sample(sample, rows, maps, *, method: str) -> list[dict]:
+def score_sample(sample, rows, maps, *, method: str, tam_resize: str = "uint8") -> list[dict]:
     """Long-format metric rows of one sample's maps (``rows``: index rows, ``maps``: (n, h, w))."""
     from stages.ingest.loaders import load_mask
     from stages.ingest.words import classify_word
@@ -79,24 +80,34 @@ def score_sample(sample, rows, maps, *, method: str) -> list[dict]:
             out += long_rows({k: best[k] for k in _PAPER_METRICS}, **ident)
             out += long_rows({f"{k}_word": own[k] for k in _WORD_METRICS}, **ident)
         word_maps.append(u)
-        word_classes.append((kind, label))  # TAM: a named object absent from the image scores IoU 0
+        word_classes.append((kind, label))  # TAM: an absent category gets no Obj-IoU, its threshold counts
         word_rows.append(ident)
     # TAM protocol, per layer, over the word maps in order.
     by_layer: dict[int, list[int]] = {}
     for i, ident in enumerate(word_rows):
         by_layer.setdefault(ident["layer"], []).append(i)
     for idx in by_layer.values():
-        for e in tam_word_scores([word_maps[i] for i in idx], [word_classes[i] for i in idx], mask):
+        for e in tam_word_scores([word_maps[i] for i in idx], [word_classes[i] for i in idx], mask,
+                                 tam_resize=tam_resize):
             ident = word_rows[idx[e["index"]]]
             out += long_rows({e["metric"]: e["value"]}, **ident)
     return out
 
 
-def run_score(maps_dir: str | Path, dataset: str | Path, out_dir: str | Path, *, method: str | None = None) -> StageManifest:
-    """Score a maps artifact against the dataset's masks; writes ``metrics.parquet``/``.csv`` and ``summary.csv``."""
+def run_score(maps_dir: str | Path, dataset: str | Path, out_dir: str | Path, *, method: str | None = None,
+              tam_resize: str = "uint8") -> StageManifest:
+    """Score a maps artifact against the dataset's masks; writes ``metrics.parquet``/``.csv`` and ``summary.csv``.
+
+    ``tam_resize`` (``"uint8"``, TAM's, or ``"float"``) is how TAM's protocol resizes a map to the mask
+    (:func:`stages.score.metrics.tam_binarize`); it is recorded in the manifest's config.
+    """
+    from stages.score.metrics import TAM_RESIZE_MODES
+
     from stages.ingest.loaders import load_dataset
     from stages.score.aggregate import frame, summarise, write_table
 
+    if tam_resize not in TAM_RESIZE_MODES:
+        raise DcamError(f"tam_resize: expected one of {', '.join(TAM_RESIZE_MODES)}, got {tam_resize!r}")
     t0 = time.perf_counter()
     ms = read_mapset(maps_dir)
     method = method or ms.manifest.stage
@@ -110,7 +121,7 @@ def run_score(maps_dir: str | Path, dataset: str | Path, out_dir: str | Path, *,
             continue
         try:
             for name, sub in idx.groupby("array"):
-                rows += score_sample(sample, sub, ms.maps_for(sub), method=method)
+                rows += score_sample(sample, sub, ms.maps_for(sub), method=method, tam_resize=tam_resize)
             statuses.append(SampleStatus(sample_id=sid, status="ok"))
         except (DcamError, ValueError, OSError) as e:
             statuses.append(SampleStatus(sample_id=sid, status="failed", reason=str(e)))
@@ -129,7 +140,7 @@ def run_score(maps_dir: str | Path, dataset: str | Path, out_dir: str | Path, *,
         pass
     manifest = StageManifest(
         kind=KIND, schema_version=ARTIFACT_SCHEMA_VERSIONS[KIND], stage="score", stage_version=STAGE_VERSION,
-        config={"method": method, "normalisation": "relu-then-max"},
+        config={"method": method, "normalisation": "relu-then-max", "tam_resize": tam_resize},
         inputs={"maps": InputRef(path=str(Path(maps_dir).resolve()), kind="maps", content_digest=ms.manifest.content_digest), **ds},
         content_digest=digest_files(out), samples=statuses, timings={"wall": time.perf_counter() - t0},
     )
