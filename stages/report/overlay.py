@@ -101,6 +101,21 @@ def label_colors(labels) -> dict[int, tuple[int, int, int]]:
     return {int(lab): palette[i % len(palette)] for i, lab in enumerate(sorted(set(int(v) for v in labels)))}
 
 
+def _inner_edges(inside: np.ndarray, thickness: int) -> np.ndarray:
+    """The inner border of a boolean region, ``thickness`` pixels wide, closed along the image border too."""
+    from skimage.morphology import dilation
+    from skimage.segmentation import find_boundaries
+
+    padded = np.pad(inside, 1)  # padded, so an object cut by the image border is closed there too
+    footprint = np.ones((2 * thickness - 1,) * 2, dtype=bool)
+    return (dilation(find_boundaries(padded, mode="inner"), footprint) & padded)[1:-1, 1:-1]
+
+
+def _check_thickness(thickness) -> None:
+    if int(thickness) != thickness or thickness < 1:
+        raise ValueError(f"thickness: expected a positive integer, got {thickness}")
+
+
 def outline(image, semantic_mask, *, colors: Mapping[int, tuple[int, int, int]] | None = None,
             thickness: int = 2) -> np.ndarray:
     """Draw the outline of every ground-truth object, one colour per label.
@@ -119,27 +134,99 @@ def outline(image, semantic_mask, *, colors: Mapping[int, tuple[int, int, int]] 
     -------
     ndarray of shape (H, W, 3), uint8
     """
-    from skimage.morphology import dilation
-    from skimage.segmentation import find_boundaries
-
     img = _as_image(image)
     mask = np.asarray(semantic_mask)
     if mask.shape != img.shape[:2]:
         raise ValueError(f"semantic_mask: shape {mask.shape} differs from the image's {img.shape[:2]}")
-    if int(thickness) != thickness or thickness < 1:
-        raise ValueError(f"thickness: expected a positive integer, got {thickness}")
+    _check_thickness(thickness)
     labels = [int(v) for v in np.unique(mask) if v != 0]
     colors = dict(colors) if colors is not None else label_colors(labels)
     missing = [lab for lab in labels if lab not in colors]
     if missing:
         raise ValueError(f"colors: no colour for label(s) {', '.join(map(str, missing))}")
     out = img.copy()
-    footprint = np.ones((2 * thickness - 1,) * 2, dtype=bool)
     for lab in labels:
-        inside = np.pad(mask == lab, 1)  # padded, so an object cut by the image border is closed there too
-        edge = (dilation(find_boundaries(inside, mode="inner"), footprint) & inside)[1:-1, 1:-1]
-        out[edge] = colors[lab]
+        out[_inner_edges(mask == lab, thickness)] = colors[lab]
     return out
+
+
+def contours(image, instance_masks, *, solid, color: tuple[int, int, int], thickness: int = 2,
+             dash: int = 4) -> np.ndarray:
+    """Draw every instance's outline in one colour: solid for the instances in ``solid``, dashed for the rest.
+
+    Each instance is outlined on its own, so touching instances of one category stay apart; the target
+    object's instances (solid) are told from the other objects' (dashed) without relying on colour. A
+    one-pixel black rim inside the coloured line keeps it visible where the map has the same colour.
+
+    Parameters
+    ----------
+    image : ndarray of shape (H, W, 3), uint8
+    instance_masks : ndarray of shape (K, H, W), bool
+        One mask per instance (:func:`stages.ingest.loaders.load_instance_masks`).
+    solid : sequence of bool of length K
+        Which instances are drawn solid.
+    color : RGB triple
+    thickness : int, default 2
+        Outline width in pixels, inside each instance.
+    dash : int, default 4
+        Dash and gap length (pixels, along the diagonal ``row + col``) of the dashed outlines.
+
+    Returns
+    -------
+    ndarray of shape (H, W, 3), uint8
+    """
+    img = _as_image(image)
+    masks = np.asarray(instance_masks, dtype=bool)
+    if masks.ndim != 3 or masks.shape[1:] != img.shape[:2]:
+        raise ValueError(f"instance_masks: expected shape (K, {img.shape[0]}, {img.shape[1]}), got {masks.shape}")
+    if len(solid) != masks.shape[0]:
+        raise ValueError(f"solid: {len(solid)} flags for {masks.shape[0]} instances")
+    _check_thickness(thickness)
+    rows, cols = np.indices(img.shape[:2])
+    drawn = ((rows + cols) // dash) % 2 == 0
+    out = img.copy()
+    for mask, whole in zip(masks, solid):
+        edge = _inner_edges(mask, thickness)
+        keep = np.ones_like(edge) if whole else drawn
+        out[(_inner_edges(mask, thickness + 1) & ~edge) & keep] = (0, 0, 0)  # a dark inner rim: visible on any colour
+        out[edge & keep] = color
+    return out
+
+
+def mark_peak(image, row: int, col: int, *, color: tuple[int, int, int], arm: int = 5) -> np.ndarray:
+    """Draw a cross at (row, col) in ``color`` with a one-pixel black border, so it shows on any map.
+
+    Parameters
+    ----------
+    image : ndarray of shape (H, W, 3), uint8
+    row, col : int
+        The peak, inside the image.
+    color : RGB triple
+    arm : int, default 5
+        Arm length in pixels (the cross is ``2 * arm + 1`` wide).
+
+    Returns
+    -------
+    ndarray of shape (H, W, 3), uint8
+    """
+    img = _as_image(image)
+    h, w = img.shape[:2]
+    if not (0 <= row < h and 0 <= col < w):
+        raise ValueError(f"row, col: ({row}, {col}) lies outside the image of shape {img.shape[:2]}")
+    out = img.copy()
+    for width, colour in ((1, (0, 0, 0)), (0, color)):
+        r0, r1 = max(0, row - arm - width), min(h, row + arm + width + 1)
+        c0, c1 = max(0, col - arm - width), min(w, col + arm + width + 1)
+        out[r0:r1, max(0, col - width): col + width + 1] = colour
+        out[max(0, row - width): row + width + 1, c0:c1] = colour
+    return out
+
+
+def peak(heatmap_resized) -> tuple[int, int]:
+    """(row, col) of the map's maximum, the first in row-major order on ties (the pointing game's point)."""
+    arr = check_map(heatmap_resized, "heatmap_resized")
+    r, c = np.unravel_index(int(np.argmax(arr)), arr.shape)
+    return int(r), int(c)
 
 
 def publication_scale(shape: tuple[int, int], *, min_side: int = PUBLICATION_MIN_SIDE) -> int:

@@ -146,3 +146,62 @@ def frame(rows: Iterable[Mapping]) -> pd.DataFrame:
     """A long-format DataFrame with the columns of :data:`LONG_COLUMNS` in order, from row dicts."""
     df = pd.DataFrame(list(rows), columns=list(LONG_COLUMNS))
     return df.astype({"value": np.float64})
+
+
+#: Summary figures computed from the means of other metrics: name -> (function, its input metrics).
+_COMPOSITES = {"f3": (f3, ("obj_iou", "contrast", "concentration")), "f1_iou": (f1_iou, ("tam_obj_iou", "func_iou"))}
+
+
+def _composite_statistic(codes: np.ndarray, values: np.ndarray, function, n_inputs: int):
+    """``statistic(row_indices)`` for :func:`bootstrap_ci`: ``function`` of the per-metric means of those rows."""
+
+    def statistic(rows: np.ndarray) -> float:
+        idx = rows.astype(np.intp)
+        c, v = codes[idx], values[idx]
+        ok = ~np.isnan(v)
+        counts = np.bincount(c[ok], minlength=n_inputs)
+        if (counts == 0).any():
+            return float("nan")
+        return float(function(*(np.bincount(c[ok], weights=v[ok], minlength=n_inputs) / counts)))
+
+    return statistic
+
+
+def summary_intervals(df: pd.DataFrame, names: Sequence[str], **bootstrap) -> dict[str, tuple[float, float]]:
+    """95% percentile bootstrap intervals of summary figures, resampling samples (images), not maps.
+
+    Parameters
+    ----------
+    df : DataFrame
+        The long-format rows of one group (one method, one layer), columns :data:`LONG_COLUMNS`.
+    names : sequence of str
+        Summary columns of :func:`summarise`: a metric mean (``obj_iou``, ``contrast``...), a pointing
+        accuracy (``pointing_accuracy`` is the mean of ``pointing_hit``), or a composite (``f3``, ``f1_iou``),
+        which is recomputed from the means of its inputs on every resample.
+    **bootstrap
+        Passed to :func:`stages.score.bootstrap.bootstrap_ci` (``n_resamples``, ``confidence``, ``seed``).
+
+    Returns
+    -------
+    dict of str to (float, float)
+        Only the names whose input rows exist; ``(nan, nan)`` when fewer than two samples hold a value.
+    """
+    from stages.score.bootstrap import bootstrap_ci
+
+    _check_long(df)
+    out: dict[str, tuple[float, float]] = {}
+    for name in names:
+        if name in _COMPOSITES:
+            function, inputs = _COMPOSITES[name]
+            sub = df[df["metric"].isin(inputs)]
+            if set(sub["metric"]) != set(inputs):
+                continue
+            codes = sub["metric"].map({m: i for i, m in enumerate(inputs)}).to_numpy(np.intp)
+            statistic = _composite_statistic(codes, sub["value"].to_numpy(np.float64), function, len(inputs))
+            out[name] = bootstrap_ci(np.arange(len(sub), dtype=np.float64), groups=sub["sample_id"].to_numpy(),
+                                     statistic=statistic, **bootstrap)
+            continue
+        sub = df[df["metric"] == name.replace("pointing_accuracy", "pointing_hit")]
+        if len(sub):
+            out[name] = bootstrap_ci(sub["value"].to_numpy(np.float64), groups=sub["sample_id"].to_numpy(), **bootstrap)
+    return out
