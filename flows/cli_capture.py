@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import typer
 
-from flows.options import parse_int_list
+from flows.options import check_at_least, check_choice, parse_int_list, require
 from schemas.errors import DcamError
 
 
@@ -14,7 +15,7 @@ def capture(
     data: Path = typer.Option(..., "--data", help="Dataset directory (COCO Caption/TAM layout, GranDf, or 'dcam data synth' output)."),
     out: Path = typer.Option(..., "--out", help="Capture store to write (a Zarr v3 directory); an interrupted run with the same settings resumes."),
     model: str = typer.Option("toy", "--model", help="FAMILY[:PATH]: 'toy' (embedded) or e.g. lavida-llada:/ckpt; see 'dcam models'."),
-    layers: str = typer.Option(None, "--layers", help="Blocks to hook, comma-separated (negative counts from the end); default: the middle block. The last block is refused (zero gradient at image positions)."),
+    layers: list[str] = typer.Option(None, "--layers", help="Blocks to hook, repeated or comma-separated (negative counts from the end); default: the middle block. The last block is refused (zero gradient at image positions)."),
     steps: int = typer.Option(None, "--steps", help="Denoising steps (default: the model's)."),
     block_length: int = typer.Option(None, "--block-length", help="Semi-autoregressive block length; must divide the generation length (default: one block)."),
     mode: str = typer.Option(None, "--mode", help="full: recompute prompt+image+answer every step (LLaDA-V/MMaDA); prefix-cache: image encoded once, gradients flow through the cache (LaViDa). Default: the family's own (toy: full)."),
@@ -34,16 +35,15 @@ def capture(
     positive-gradient channel weights, per-position gradient x activation and the model's own logits (TAM).
     Exit status: 0 if every sample was captured, 3 if some failed (reasons in 'dcam inspect').
     """
-    if limit is not None and limit < 1:
-        raise DcamError(f"--limit must be >= 1, got {limit}")
-    if steps is not None and steps < 1:
-        raise DcamError(f"--steps must be >= 1, got {steps}")
-    if mode not in (None, "full", "prefix-cache"):
-        raise DcamError(f"--mode must be 'full' or 'prefix-cache', got {mode!r}")
-    if score not in ("logit", "contrastive"):
-        raise DcamError(f"--score must be 'logit' or 'contrastive', got {score!r}")
-    if not data.exists():
-        raise DcamError(f"--data: {data} does not exist")
+    # Everything the command line decides is checked before a file is written or a model loaded.
+    check_at_least(limit, 1, "--limit")
+    check_at_least(steps, 1, "--steps")
+    check_at_least(block_length, 1, "--block-length")
+    check_choice(mode, ("full", "prefix-cache"), "--mode")
+    check_choice(score, ("logit", "contrastive"), "--score")
+    require(re.fullmatch(r"cpu|cuda(:\d+)?", device) is not None, "--device", f"expected cpu, cuda or cuda:N, got {device!r}")
+    require(data.exists(), "--data", f"{data} does not exist")
+    require(not out.exists() or out.is_dir(), "--out", f"{out} exists and is not a directory")
     from stages.capture.registry import parse_model_spec
 
     parse_model_spec(model)  # fail fast, before torch is imported
@@ -52,6 +52,9 @@ def capture(
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise DcamError(f"--device {device}: CUDA is not available on this machine")
+    from stages.ingest.loaders import load_dataset
+
+    samples, rejected = load_dataset(data, limit=limit)  # the progress total: every sample reports once
 
     from flows.progress import progress_bar
     from stages.capture.core import CaptureConfig, resolve_layers
@@ -70,7 +73,7 @@ def capture(
         seed=seed, temperature=temperature, score=score, store_grads=store_grads,
     )
     counts = {"ok": 0, "failed": 0, "skipped": 0}
-    with progress_bar("capture", None) as advance:
+    with progress_bar("capture", len(samples) + len(rejected)) as advance:
         def on_sample(sid: str, status: str) -> None:
             counts[status] += 1
             advance(1, f"ok {counts['ok']} failed {counts['failed']} skipped {counts['skipped']}")

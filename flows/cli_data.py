@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from schemas.errors import DcamError
+from flows.options import check_at_least
 
 data_app = typer.Typer(
     name="data",
@@ -33,27 +33,15 @@ def synth(
     and manifest.json. Image ids start at 1; the first N images of a larger set with the same seed equal
     a set of N.
     """
-    if count < 1:
-        raise DcamError(f"--count must be >= 1, got {count}")
-    if seed < 0:
-        raise DcamError(f"--seed must be >= 0, got {seed}")
-    if size < 48:
-        raise DcamError(f"--size must be >= 48 (smaller shapes are not told apart), got {size}")
+    check_at_least(count, 1, "--count")
+    check_at_least(seed, 0, "--seed")
+    check_at_least(size, 48, "--size")  # smaller shapes are not told apart
 
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
+    from flows.progress import progress_bar
     from stages.synth.write import write_dataset
 
-    with Progress(
-        TextColumn("synth"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=Console(stderr=True),  # stdout carries only the summary line
-        transient=True,
-    ) as bar:
-        task = bar.add_task("synth", total=count)
-        manifest = write_dataset(
-            out, count=count, seed=seed, size=size, overwrite=overwrite, progress=lambda n: bar.advance(task, n)
-        )
+    with progress_bar("synth", count) as advance:
+        manifest = write_dataset(out, count=count, seed=seed, size=size, overwrite=overwrite, progress=advance)
     typer.echo(f"wrote {manifest.n_ok} images ({size}x{size}, seed {seed}) to {out}  digest {manifest.content_digest[:12]}")
 
 

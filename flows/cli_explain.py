@@ -7,17 +7,17 @@ from pathlib import Path
 
 import typer
 
-from flows.options import parse_int_list
+from flows.options import UsageError, check_choice, parse_int_list, require, split_list
 from schemas.errors import DcamError
 
 
 def explain(
     store: Path = typer.Argument(..., help="Capture store written by 'dcam capture'."),
-    preset: list[str] = typer.Option(["diffusion-cam"], "--preset", help="Preset(s) to run (repeat the option); 'all' runs every preset. See 'dcam presets'."),
+    preset: list[str] = typer.Option(["diffusion-cam"], "--preset", help="Preset(s) to run, repeated or comma-separated; 'all' runs every preset. See 'dcam presets'."),
     out: Path = typer.Option(None, "--out", help="Artifact root (default: explain/ beside the store). Stage outputs go to ROOT/<stage>/<key>."),
     policy: str = typer.Option("unmask-step", "--policy", help="Step selection: unmask-step, first-feasible, last-feasible, all-feasible-mean, explicit."),
-    steps: str = typer.Option(None, "--steps", help="Steps for --policy explicit, comma-separated."),
-    layers: str = typer.Option(None, "--layers", help="Captured layers to explain (default: all captured)."),
+    step_indices: list[str] = typer.Option(None, "--step-indices", help="Which denoising steps to explain with --policy explicit, repeated or comma-separated."),
+    layers: list[str] = typer.Option(None, "--layers", help="Captured layers to explain, repeated or comma-separated (default: all captured)."),
     data: Path = typer.Option(None, "--data", help="Dataset with ground-truth masks: also score the maps (default: the capture's dataset when --score)."),
     score: bool = typer.Option(False, "--score", help="Score the final maps against the dataset's masks."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: per preset and stage, computed or cached, and the output path."),
@@ -29,21 +29,37 @@ def explain(
     """
     from schemas.capture import CaptureStore
     from stages.explain.runner import chain_from_preset
+    from stages.explain.select import POLICIES
     from stages.presets import PRESETS
 
-    names = list(PRESETS) if preset == ["all"] else preset
-    specs = [chain_from_preset(n) for n in names]
+    # Everything the command line decides is checked before any output directory is made.
+    check_choice(policy, POLICIES, "--policy")
+    steps = parse_int_list(step_indices, "--step-indices")
+    layer_list = parse_int_list(layers, "--layers")
+    if policy == "explicit":
+        require(bool(steps), "--step-indices", "needed with --policy explicit")
+    else:
+        require(not steps, "--step-indices", f"only used with --policy explicit, not {policy}")
+    names = split_list(preset)
+    require(bool(names), "--preset", "expected at least one preset name")
+    names = list(PRESETS) if names == ["all"] else names
+    try:
+        specs = [chain_from_preset(n) for n in names]
+    except DcamError as e:
+        raise UsageError(f"--preset: {e}") from None
+    require(store.exists(), "STORE", f"{store} does not exist")
     cap = CaptureStore.open(store)
     root = out or store.parent / "explain"
+    require(not root.exists() or root.is_dir(), "--out", f"{root} exists and is not a directory")
     dataset = data or (Path(cap.config["data"]) if score else None)
     if dataset is not None and not dataset.exists():
-        raise DcamError(f"dataset {dataset} does not exist (pass --data)")
+        raise UsageError(f"--data: dataset {dataset} does not exist (pass --data)")
     from flows.progress import progress_bar
     from stages.explain.runner import explain_run
 
     with progress_bar("explain", len(specs)) as advance:
-        run = explain_run(store, root, specs, policy=policy, layers=parse_int_list(layers, "--layers"),
-                          steps=parse_int_list(steps, "--steps"), dataset=dataset, on_preset=lambda n: advance(1, n))
+        run = explain_run(store, root, specs, policy=policy, layers=layer_list, steps=steps, dataset=dataset,
+                          on_preset=lambda n: advance(1, n))
     if as_json:
         typer.echo(json.dumps({"root": str(root), **run}, indent=2))
         return

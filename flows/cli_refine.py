@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from flows.options import UsageError, check_at_least, require, split_list
 from schemas.errors import DcamError
 
 _DEFAULT_MODULES = "akd,dacg,cba,normalize,sicd"
@@ -55,7 +56,7 @@ def _json_list(path: Path | None, option: str, item_type: type, n_maps: int) -> 
 def refine(
     input_path: Path = typer.Option(..., "--input", help="Maps saved with numpy.save, shape (n, h, w) or (h, w)."),
     output_path: Path = typer.Option(..., "--output", help="Where to write the refined maps (.npy); never the input file."),
-    modules: str = typer.Option(_DEFAULT_MODULES, "--modules", help="Comma-separated module names, applied left to right."),
+    modules: list[str] = typer.Option([_DEFAULT_MODULES], "--modules", help="Module names, repeated or comma-separated, applied left to right."),
     profile: str = typer.Option("reference", "--profile", help="'reference' (official code) or 'paper'."),
     token_ids: Path = typer.Option(None, "--token-ids", help="JSON list of generated token ids (shared) or list of lists (one per map); SICD, reference profile."),
     words: Path = typer.Option(None, "--words", help="JSON list of generated words (shared) or list of lists (one per map); SICD, paper profile."),
@@ -67,22 +68,18 @@ def refine(
     from stages.refine import PROFILES, MapContext
     from stages.refine.chain import MODULES, apply_chain
 
-    names = [m.strip() for m in modules.split(",") if m.strip()]
+    names = split_list(modules)
     unknown = [m for m in names if m not in MODULES]
     if unknown:
-        raise DcamError(f"unknown module(s) {', '.join(unknown)} in --modules; known: {', '.join(MODULES)}")
+        raise UsageError(f"unknown module(s) {', '.join(unknown)} in --modules; known: {', '.join(MODULES)}")
     if profile not in PROFILES:
-        raise DcamError(f"--profile must be one of {', '.join(PROFILES)}, got {profile!r}")
-    if seed < 0:
-        raise DcamError(f"--seed must be >= 0, got {seed}")
-    if num_steps is not None and num_steps < 1:
-        raise DcamError(f"--num-steps must be >= 1, got {num_steps}")
-    if not input_path.is_file():
-        raise DcamError(f"--input {input_path} does not exist or is not a file")
+        raise UsageError(f"--profile must be one of {', '.join(PROFILES)}, got {profile!r}")
+    check_at_least(seed, 0, "--seed")
+    check_at_least(num_steps, 1, "--num-steps")
+    require(input_path.is_file(), "--input", f"{input_path} does not exist or is not a file")
     if output_path.exists() and output_path.resolve() == input_path.resolve():
-        raise DcamError(f"--output {output_path} is the input file; refusing to overwrite it")
-    if not output_path.parent.is_dir():
-        raise DcamError(f"--output directory {output_path.parent} does not exist")
+        raise UsageError(f"--output {output_path} is the input file; refusing to overwrite it")
+    require(output_path.parent.is_dir(), "--output", f"directory {output_path.parent} does not exist")
     try:
         maps = np.load(input_path, allow_pickle=False)
     except (OSError, ValueError) as e:

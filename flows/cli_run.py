@@ -8,9 +8,12 @@ from pathlib import Path
 
 import typer
 
+from flows.options import check_at_least, check_choice, require
 from schemas.errors import DcamError
 
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
+#: The flows of ``dcam run --flow`` (``flows.prefect_flows.FLOWS``, named here so a typo fails before Prefect loads).
+FLOW_NAMES = ("pipeline", "capture", "explain", "sweep")
 
 
 def _print_table(run: dict, root=None) -> None:
@@ -41,10 +44,10 @@ def run(
     """
     from flows.config import load_config
 
+    check_choice(flow, FLOW_NAMES, "--flow")
     cfg = load_config(config)
     if runner:
-        if runner not in ("thread", "sequential", "dask"):
-            raise DcamError(f"--runner must be thread, sequential or dask, got {runner!r}")
+        check_choice(runner, ("thread", "sequential", "dask"), "--runner")
         cfg = cfg.model_copy(update={"runner": runner})
     if dask_address:
         cfg = cfg.model_copy(update={"runner": "dask", "dask_address": dask_address})
@@ -54,8 +57,6 @@ def run(
     root.check()  # a missing bucket, backend or endpoint fails here, in one line, before Prefect starts
     from flows.prefect_flows import FLOWS, with_runner
 
-    if flow not in FLOWS:
-        raise DcamError(f"--flow must be one of {', '.join(FLOWS)}, got {flow!r}")
     f = with_runner(FLOWS[flow], cfg)
     kwargs = {"config": cfg.model_dump()}
     if flow == "explain" and store is not None:
@@ -84,7 +85,7 @@ def serve(
     cron: str = typer.Option(None, "--cron", help='Cron schedule, e.g. "0 2 * * *" (nightly at 02:00).'),
     interval: int = typer.Option(None, "--interval", help="Run every N seconds."),
     name: str = typer.Option(None, "--name", help="Deployment name (default: the config's name)."),
-    limit: int = typer.Option(1, "--limit", help="Most runs at once (default 1: a run that outlasts the interval delays the next)."),
+    max_concurrent: int = typer.Option(1, "--max-concurrent", help="Most runs at once (default 1: a run that outlasts the interval delays the next)."),
 ) -> None:
     """Serve the pipeline as a scheduled Prefect deployment (long-running; Ctrl-C stops it).
 
@@ -93,10 +94,9 @@ def serve(
     """
     from flows.config import load_config
 
-    if (cron is None) == (interval is None):
-        raise DcamError("give exactly one of --cron or --interval")
-    if interval is not None and interval < 1:
-        raise DcamError(f"--interval must be >= 1 second, got {interval}")
+    require((cron is None) != (interval is None), "--cron, --interval", "give exactly one of them")
+    check_at_least(interval, 1, "--interval")
+    check_at_least(max_concurrent, 1, "--max-concurrent")
     if not os.environ.get("PREFECT_API_URL"):
         raise DcamError("scheduled runs need a Prefect server: run 'prefect server start' and set "
                         "PREFECT_API_URL=http://127.0.0.1:4200/api (the temporary server does not run schedules)")
@@ -111,9 +111,7 @@ def serve(
 
     f = with_runner(pipeline_flow, cfg)
     kw = {"cron": cron} if cron else {"interval": interval}
-    if limit < 1:
-        raise DcamError(f"--limit must be >= 1, got {limit}")
-    f.serve(name=name or cfg.name, parameters={"config": cfg.model_dump()}, limit=limit, **kw)
+    f.serve(name=name or cfg.name, parameters={"config": cfg.model_dump()}, limit=max_concurrent, **kw)
 
 
 def demo(
@@ -134,8 +132,7 @@ def demo(
     if out is not None:
         upd["root"] = str(out)
     if count is not None:
-        if count < 1:
-            raise DcamError(f"--count must be >= 1, got {count}")
+        check_at_least(count, 1, "--count")
         upd["dataset"] = cfg.dataset.model_copy(update={"synth": cfg.dataset.synth.model_copy(update={"count": count})})
     cfg = cfg.model_copy(update=upd)
     n = cfg.dataset.synth.count

@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from flows.options import UsageError, check_choice, require
 from schemas.errors import DcamError
 
 FORMATS = ("coco-tam", "coco", "grandf", "tam-anno", "synthetic", "ingested")
@@ -15,15 +16,26 @@ FORMATS = ("coco-tam", "coco", "grandf", "tam-anno", "synthetic", "ingested")
 SHOWN_REASONS = 5
 
 
+#: The first bytes of a .npy file, and of files often given in its place (what to call them in an error).
+NPY_MAGIC = b"\x93NUMPY"
+_OTHER_FORMATS = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"PK\x03\x04": "a zip archive (.npz?)",
+                  b"\x80": "a Python pickle"}
+
+
 def _read_heatmap(path: Path):
     import numpy as np
 
-    if not path.is_file():
-        raise DcamError(f"--heatmap: file not found: {path}")
+    require(path.exists(), "--heatmap", f"file not found: {path}")
+    require(not path.is_dir(), "--heatmap", f"{path} is a directory, not a .npy file")
+    with open(path, "rb") as f:
+        head = f.read(len(NPY_MAGIC))
+    if head != NPY_MAGIC:
+        what = next((name for magic, name in _OTHER_FORMATS.items() if head.startswith(magic)), "not a .npy file")
+        raise DcamError(f"--heatmap: {path} is {what}; expected a 2-D array saved with numpy.save")
     try:
         heat = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as e:
-        raise DcamError(f"--heatmap: {path} is not a .npy array: {e}") from None
+        raise DcamError(f"--heatmap: {path} is not a readable .npy array: {e}") from None
     if heat.ndim != 2:
         raise DcamError(f"--heatmap: expected a 2-D map (h, w), got shape {heat.shape} in {path}")
     return heat
@@ -33,8 +45,8 @@ def _read_mask(path: Path):
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
-    if not path.is_file():
-        raise DcamError(f"--mask: file not found: {path}")
+    require(path.exists(), "--mask", f"file not found: {path}")
+    require(not path.is_dir(), "--mask", f"{path} is a directory, not a PNG file")
     try:
         with Image.open(path) as im:
             mode = im.mode
@@ -63,7 +75,7 @@ def score_map_command(
         raise DcamError(f"--heatmap: {heatmap} contains NaN or infinite values")
     if label is not None and label not in set(labels_present(sem).tolist()):
         present = ", ".join(map(str, labels_present(sem).tolist())) or "none"
-        raise DcamError(f"--label: label {label} is not present in {mask} (labels present: {present})")
+        raise UsageError(f"--label: label {label} is not present in {mask} (labels present: {present})")
     try:
         scores = score_map(heat, sem, label=label)
     except ValueError as e:
@@ -94,20 +106,15 @@ def ingest_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier ingest in --out."),
 ) -> None:
     """Read a dataset (COCO-TAM, raw COCO, GranDf, TAM anno.json, synthetic) into the normalised sample manifest."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+    from flows.progress import progress_bar
     from stages.ingest.loaders import ingest
 
-    if fmt is not None and fmt not in FORMATS:
-        raise DcamError(f"--format: unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    with Progress(TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True) as bar:
-        task = bar.add_task("ingest", total=None)
-
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
+    check_choice(fmt, FORMATS, "--format")
+    if not path.exists():
+        raise UsageError(f"dataset not found: {path}")
+    with progress_bar("ingest", None) as bar:
         manifest = ingest(path, out, fmt=fmt, limit=limit, instances=instances, captions=captions, images=images,
-                          overwrite=overwrite, progress=progress)
+                          overwrite=overwrite, progress=lambda done, total: bar.update(done, total))
     typer.echo(f"loaded {manifest.n_ok} samples, rejected {manifest.n_failed} -> {out}")
     for status in manifest.failed()[:SHOWN_REASONS]:
         typer.echo(f"  rejected {status.sample_id}: {status.reason}")

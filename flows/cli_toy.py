@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from schemas.errors import DcamError
+from flows.options import UsageError, check_at_least, check_choice, require
 
 toy_app = typer.Typer(
     help="The embedded toy dMLLM (tiny LLaDA-V/LaViDa-style model trained on synthetic shapes).",
@@ -17,36 +17,32 @@ toy_app = typer.Typer(
 
 @toy_app.command("train")
 def train_command(
-    out: Path = typer.Option(None, "--out", help="Output directory (default: the bundled weights, stages/toy/weights)."),
+    out: Path = typer.Option(None, "--out", help="Output directory (default: the bundled weights, stages/toy/weights, replaced only with --overwrite)."),
     seed: int = typer.Option(0, "--seed", help="Seed of initialisation, scenes and masks."),
-    steps: int = typer.Option(None, "--steps", help="Optimizer steps (default: the recipe of the bundled weights)."),
+    train_steps: int = typer.Option(None, "--train-steps", help="Optimizer steps (default: the recipe of the bundled weights)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace weights already in --out (the bundled ones included)."),
 ) -> None:
     """Train the toy dMLLM from scratch; the defaults reproduce the bundled weights."""
     import dataclasses
 
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
+    from flows.progress import progress_bar
     from stages.toy.model import BUNDLED_WEIGHTS
     from stages.toy.train import TrainRecipe, train
 
-    if steps is not None and steps < 1:
-        raise DcamError(f"--steps: must be >= 1, got {steps}")
-    recipe = TrainRecipe(seed=seed) if steps is None else dataclasses.replace(TrainRecipe(seed=seed), steps=steps)
+    check_at_least(train_steps, 1, "--train-steps")
     out = BUNDLED_WEIGHTS if out is None else out
-    if out.exists() and not out.is_dir():
-        raise DcamError(f"--out: {out} is a file, not a directory")
-    with Progress(
-        TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TextColumn("loss {task.fields[loss]:.4f} aux {task.fields[aux]:.4f}  one-pass {task.fields[acc]}"),
-        TimeElapsedColumn(), TimeRemainingColumn(),
-    ) as progress:
-        task = progress.add_task("train", total=recipe.steps, loss=float("nan"), aux=float("nan"), acc="-")
-
+    require(not out.exists() or out.is_dir(), "--out", f"{out} is a file, not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        bundled = " (the bundled weights)" if out.resolve() == BUNDLED_WEIGHTS.resolve() else ""
+        raise UsageError(f"--out: {out}{bundled} is not empty; pass --overwrite to replace it")
+    recipe = TrainRecipe(seed=seed)
+    recipe = recipe if train_steps is None else dataclasses.replace(recipe, steps=train_steps)
+    with progress_bar("training", recipe.steps) as progress:
         def on_step(step: int, losses: dict, metrics: dict | None) -> None:
-            fields = dict(losses)
+            status = " ".join(f"{k} {v:.4f}" for k, v in losses.items())
             if metrics is not None:
-                fields["acc"] = f"exact {metrics['exact']:.3f} colour {metrics['colour']:.3f} shape {metrics['shape']:.3f}"
-            progress.update(task, advance=1, **fields)
+                status += f"  one-pass exact {metrics['exact']:.3f} colour {metrics['colour']:.3f} shape {metrics['shape']:.3f}"
+            progress(1, status)
 
         model = train(recipe, on_step=on_step)
     model.save_pretrained(out)
@@ -69,19 +65,19 @@ def eval_command(
 ) -> None:
     """Caption every image with the toy model and print its accuracy."""
     import torch
-    from rich.progress import Progress
 
+    from flows.progress import progress_bar
     from stages.dmllm.sampler import validate_schedule
     from stages.toy.evaluate import evaluate, load_samples
     from stages.toy.model import LOGITS_MODES, ToyDMLLM
 
-    if mode not in LOGITS_MODES:
-        raise DcamError(f"--mode: expected one of {', '.join(LOGITS_MODES)}, got {mode!r}")
-    if limit is not None and limit < 1:
-        raise DcamError(f"--limit: must be >= 1, got {limit}")
+    check_choice(mode, LOGITS_MODES, "--mode")
+    check_at_least(limit, 1, "--limit")
+    check_at_least(steps, 1, "--steps")
+    check_at_least(block_length, 1, "--block-length")
+    require(data.is_dir(), "--data", f"{data} is not a directory")
     samples = load_samples(data, limit=limit)
-    if not samples:
-        raise DcamError(f"--data: {data} holds no images")
+    require(bool(samples), "--data", f"{data} holds no images")
     # Batch-1 steps of a tiny model are all synchronisation for a second OpenMP thread; on a busy machine
     # 2 threads ran 10-20x slower than 1 (measured: ~1 s vs ~60 ms per forward at load 10).
     torch.set_num_threads(1)
@@ -93,13 +89,9 @@ def eval_command(
             block_length=model.gen_length if block_length is None else block_length,
         )
     except ValueError as e:
-        raise DcamError(f"--{e}".replace("block_length", "block-length")) from e
-    with Progress(transient=True, disable=as_json) as progress:
-        task = progress.add_task("captioning", total=len(samples))
-        result = evaluate(
-            model, samples, mode=mode, steps=steps, block_length=block_length,
-            on_sample=lambda: progress.advance(task),
-        )
+        raise UsageError(f"--{e}".replace("block_length", "block-length")) from e
+    with progress_bar("captioning", len(samples)) as progress:
+        result = evaluate(model, samples, mode=mode, steps=steps, block_length=block_length, on_sample=progress)
     if as_json:
         typer.echo(json.dumps(result))
         return

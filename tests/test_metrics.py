@@ -512,3 +512,24 @@ def test_cli_score_map_errors_are_one_line(tmp_path, capsys, case, message):
     assert code != 0
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("dcam: error:") and message in lines[0], err
+
+
+def test_summary_intervals_resample_samples_and_recompute_composites():
+    from stages.score.aggregate import summary_intervals
+
+    rows = []
+    for sid in ("a", "b", "c"):  # identical samples: every resample gives the same figures
+        for target in (0, 1):
+            rows += long_rows({"obj_iou": 0.3 if target else 0.1, "contrast": 4.0, "concentration": 0.5,
+                               "pointing_hit": float(target)}, sample_id=sid, target=target, word="w", method="m",
+                              step=0, layer=1)
+    ci = summary_intervals(frame(rows), ["obj_iou", "f3", "pointing_accuracy", "f1_iou"])
+    assert set(ci) == {"obj_iou", "f3", "pointing_accuracy"}  # no TAM rows: no F1-IoU interval
+    assert ci["obj_iou"] == pytest.approx((0.2, 0.2))
+    assert ci["pointing_accuracy"] == pytest.approx((0.5, 0.5))
+    assert ci["f3"] == pytest.approx((float(f3(0.2, 4.0, 0.5)),) * 2)  # F3 of the means, not a mean of F3
+    # Two samples that differ: the interval spans their means' range and no more.
+    rows = long_rows({"obj_iou": 0.0}, sample_id="a", target=0, word="w", method="m", step=0, layer=1)
+    rows += long_rows({"obj_iou": 1.0}, sample_id="b", target=0, word="w", method="m", step=0, layer=1)
+    lo, hi = summary_intervals(frame(rows), ["obj_iou"])["obj_iou"]
+    assert 0.0 <= lo < 0.5 < hi <= 1.0

@@ -380,7 +380,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
     with pytest.raises(SystemExit) as e:
         main(["report", str(tmp_path)])
-    assert e.value.code == 1
+    assert e.value.code == 2  # a wrong command line: the usage status
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0
     assert err.endswith("not an explain run directory: run 'dcam explain STORE --score' first")
@@ -389,11 +389,12 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 def test_cli_writes_the_report(run_dir, tmp_path, capsys):
     from flows.cli import main
 
-    main(["report", str(run_dir), "--out", str(tmp_path / "cli"), "--max-samples", "1", "--methods", "gradcam"])
+    main(["report", str(run_dir), "--out", str(tmp_path / "cli"), "--limit", "1", "--preset", "gradcam"])
     assert f"report: {tmp_path / 'cli' / 'report.html'}" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        main(["report", str(run_dir), "--out", str(tmp_path / "cli"), "--methods", "nope"])
-    assert "unknown method(s) nope" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["report", str(run_dir), "--out", str(tmp_path / "new"), "--preset", "gradcam,nope"])
+    assert e.value.code == 2 and "unknown preset(s) nope: this run has gradcam" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
 
 
 def test_a_sample_without_its_image_is_reported_as_failed(run_dir, tmp_path):
