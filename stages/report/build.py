@@ -555,7 +555,7 @@ def _ablation_section(run: dict[str, Any], all_scored: list[_Preset], chart: byt
     scored = [p.name for p in all_scored if p.name.startswith("ablation-") and "f3" in p.summary]
     if chart is not None:
         unscored = sorted(set(names) - set(scored))
-        extra = f" Not scored, so not drawn: {_esc(', '.join(unscored))}." if unscored else ""
+        extra = f" Without readable scores, so not drawn: {_esc(', '.join(unscored))}." if unscored else ""
         return (f"<h2>Ablation</h2>\n<p class='note'>{len(scored)} of the run's {len(names)} ablation-* presets, "
                 f"whether or not shown below.{extra}</p>\n"
                 f"<img class='chart' alt='Ablation chart: F3 and Obj-IoU of {len(scored)} ablation-* presets on a "
@@ -888,8 +888,12 @@ def build_report(
     if not shown_names:
         raise DcamError(f"{run_dir / RUN_FILE} lists no presets; {NOT_A_RUN}")
     presets = _open_presets(run_dir, run, shown_names, with_maps=True)
-    ablation_only = [n for n in run["presets"] if n.startswith("ablation-") and n not in shown_names]
-    scored = presets + _open_presets(run_dir, run, ablation_only, with_maps=False)
+    scored = list(presets)
+    for name in (n for n in run["presets"] if n.startswith("ablation-") and n not in shown_names):
+        try:  # only the chart reads these: one with a missing artifact is left out of it, not fatal
+            scored += _open_presets(run_dir, run, [name], with_maps=False)
+        except DcamError:
+            continue
     faithfulness, faith_note = read_faithfulness(run_dir, run)
     store = _open_store(run)
     dataset = _open_dataset(run)
