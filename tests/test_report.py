@@ -86,7 +86,7 @@ def test_overlay_and_heatmap_validate_their_inputs():
 
 
 def test_outline_draws_each_object_border_in_its_own_colour():
-    image = np.zeros((10, 10, 3), np.uint8)
+    image = np.full((10, 10, 3), 100, np.uint8)
     mask = np.zeros((10, 10), np.int32)
     mask[2:6, 2:6] = 3
     mask[7:10, 7:10] = 5
@@ -97,11 +97,12 @@ def test_outline_draws_each_object_border_in_its_own_colour():
     ring = np.zeros((10, 10), bool)
     ring[2:6, 2:6] = True
     ring[3:5, 3:5] = False
-    assert np.array_equal(red, ring)  # the inner border of label 3, interior and background untouched
+    assert np.array_equal(red, ring)  # the inner border of label 3
+    assert (out[3:5, 3:5] == 0).all()  # then a black rim just inside it (the 2x2 interior here)
     corner = np.ones((3, 3), bool)
     corner[1, 1] = False
     assert np.array_equal(green[7:, 7:], corner) and green.sum() == 8  # closed along the image border too
-    assert not out[mask == 0].any()
+    assert (out[mask == 0] == 100).all()  # background untouched
     with pytest.raises(ValueError, match="semantic_mask"):
         outline(image, mask[:5])
 

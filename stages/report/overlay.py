@@ -111,6 +111,20 @@ def _inner_edges(inside: np.ndarray, thickness: int) -> np.ndarray:
     return (dilation(find_boundaries(padded, mode="inner"), footprint) & padded)[1:-1, 1:-1]
 
 
+def _paint_outline(out: np.ndarray, inside: np.ndarray, thickness: int, color, keep: np.ndarray | None = None) -> None:
+    """Paint, in place, the inner border of ``inside`` in ``color`` and a one-pixel black rim just inside it.
+
+    The rim keeps the line visible where the object (or the map under it) has the line's colour;
+    ``keep`` limits both to some pixels (dashes).
+    """
+    edge = _inner_edges(inside, thickness)
+    rim = _inner_edges(inside, thickness + 1) & ~edge
+    if keep is not None:
+        edge, rim = edge & keep, rim & keep
+    out[rim] = (0, 0, 0)
+    out[edge] = color
+
+
 def _check_thickness(thickness) -> None:
     if int(thickness) != thickness or thickness < 1:
         raise ValueError(f"thickness: expected a positive integer, got {thickness}")
@@ -118,7 +132,7 @@ def _check_thickness(thickness) -> None:
 
 def outline(image, semantic_mask, *, colors: Mapping[int, tuple[int, int, int]] | None = None,
             thickness: int = 2) -> np.ndarray:
-    """Draw the outline of every ground-truth object, one colour per label.
+    """Draw the outline of every ground-truth object, one colour per label, with a one-pixel black rim inside.
 
     Parameters
     ----------
@@ -146,7 +160,7 @@ def outline(image, semantic_mask, *, colors: Mapping[int, tuple[int, int, int]] 
         raise ValueError(f"colors: no colour for label(s) {', '.join(map(str, missing))}")
     out = img.copy()
     for lab in labels:
-        out[_inner_edges(mask == lab, thickness)] = colors[lab]
+        _paint_outline(out, mask == lab, thickness, colors[lab])
     return out
 
 
@@ -186,10 +200,7 @@ def contours(image, instance_masks, *, solid, color: tuple[int, int, int], thick
     drawn = ((rows + cols) // dash) % 2 == 0
     out = img.copy()
     for mask, whole in zip(masks, solid):
-        edge = _inner_edges(mask, thickness)
-        keep = np.ones_like(edge) if whole else drawn
-        out[(_inner_edges(mask, thickness + 1) & ~edge) & keep] = (0, 0, 0)  # a dark inner rim: visible on any colour
-        out[edge & keep] = color
+        _paint_outline(out, mask, thickness, color, None if whole else drawn)
     return out
 
 
