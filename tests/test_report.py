@@ -17,7 +17,7 @@ from stages.capture.toy_adapter import ToyAdapter
 from stages.explain.runner import chain_from_preset, explain_run
 from schemas.errors import DcamError
 from stages.report.build import _Preset, ablation_figure, build_report, display_map, overlay_name, safe_name
-from stages.report.overlay import contours, heatmap_rgba, mark_peak, outline, overlay, peak, save_png
+from stages.report.overlay import contours, heatmap_rgba, instance_outlines, mark_peak, outline, overlay, peak, save_png
 from stages.score.metrics import resize_bilinear
 from stages.synth.write import write_dataset
 from stages.toy.model import ToyConfig, ToyDMLLM
@@ -113,7 +113,8 @@ def test_contours_outline_each_instance_solid_or_dashed_with_a_dark_rim():
     a[1:5, 1:5] = True  # the target's instance
     b = np.zeros((8, 12), bool)
     b[1:7, 6:12] = True  # another object, cut by the right border
-    out = contours(image, np.stack([a, b]), solid=[True, False], color=(255, 255, 255), thickness=1, dash=2)
+    lines = instance_outlines(np.stack([a, b]), thickness=1)
+    out = contours(image, lines, solid=[True, False], color=(255, 255, 255), dash=2)
     white = (out == 255).all(axis=2)
     black = (out == 0).all(axis=2)
     ring_a = a & ~np.pad(a[1:-1, 1:-1] & a[:-2, 1:-1] & a[2:, 1:-1] & a[1:-1, :-2] & a[1:-1, 2:], 1)
@@ -126,7 +127,7 @@ def test_contours_outline_each_instance_solid_or_dashed_with_a_dark_rim():
     assert np.array_equal(white & b, border_b & (((rows + cols) // 2) % 2 == 0))
     assert (out[~(a | b)] == 100).all() and (image == 100).all()
     with pytest.raises(ValueError, match="solid: 1 flags for 2 instances"):
-        contours(image, np.stack([a, b]), solid=[True], color=(255, 255, 255))
+        contours(image, lines, solid=[True], color=(255, 255, 255))
 
 
 def test_peak_marker_is_a_bordered_cross_at_the_maximum():

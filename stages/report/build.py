@@ -632,11 +632,10 @@ def _sample_view(sid: str, store, dataset: dict[str, Any], contexts: dict[str, A
 
 @dataclass
 class _Canvas:
-    """One size at which overlays are drawn: the base image, the instance masks at that size, the line widths."""
+    """One size at which overlays are drawn: the base image, the instances' outlines at that size, the cross size."""
 
     image: np.ndarray
-    instances: np.ndarray | None
-    thickness: int
+    outlines: tuple[np.ndarray, np.ndarray] | None  # stages.report.overlay.instance_outlines at this size
     arm: int
 
     def point(self, row: int, col: int, source_shape: tuple[int, int]) -> tuple[int, int]:
@@ -647,19 +646,18 @@ class _Canvas:
 
 def _canvases(view: _SampleView, thumb: int) -> tuple[_Canvas, _Canvas]:
     """The publication-size canvas (integer enlargement) and the thumbnail canvas of a sample."""
-    from stages.report.overlay import fit_image, fit_mask, publication_scale, upscale_nearest
+    from stages.report.overlay import fit_image, fit_mask, instance_outlines, publication_scale, upscale_nearest
 
     scale = publication_scale(view.image.shape[:2])
     big = upscale_nearest(view.image, scale)
     small = fit_image(view.image, thumb)
-    big_inst = small_inst = None
-    if view.instances is not None:
-        big_inst = np.stack([upscale_nearest(m, scale) for m in view.instances]) if len(view.instances) else \
-            np.zeros((0, *big.shape[:2]), bool)
-        small_inst = np.stack([fit_mask(m, small.shape[:2]) > 0 for m in view.instances]) if len(view.instances) else \
-            np.zeros((0, *small.shape[:2]), bool)
-    return (_Canvas(big, big_inst, max(2, scale), max(6, 2 * scale)),
-            _Canvas(small, small_inst, 2 if thumb >= 96 else 1, max(3, thumb // 24)))
+    big_lines = small_lines = None
+    if view.instances is not None and len(view.instances):
+        big_lines = instance_outlines(np.stack([upscale_nearest(m, scale) for m in view.instances]),
+                                      thickness=max(2, scale))
+        small_lines = instance_outlines(np.stack([fit_mask(m, small.shape[:2]) > 0 for m in view.instances]),
+                                        thickness=2 if thumb >= 96 else 1)
+    return _Canvas(big, big_lines, max(6, 2 * scale)), _Canvas(small, small_lines, max(3, thumb // 24))
 
 
 def display_map(m: np.ndarray, cmap: str) -> np.ndarray:
@@ -678,8 +676,8 @@ def _draw(canvas: _Canvas, shown: np.ndarray, solid: list[bool], peak_rc: tuple[
 
     name, colour = CMAPS[cmap][0], CMAPS[cmap][1]
     out = overlay(canvas.image, shown, cmap=name)
-    if canvas.instances is not None and len(canvas.instances):
-        out = contours(out, canvas.instances, solid=solid, color=colour, thickness=canvas.thickness)
+    if canvas.outlines is not None:
+        out = contours(out, canvas.outlines, solid=solid, color=colour)
     return mark_peak(out, *canvas.point(*peak_rc, source_shape), color=colour, arm=canvas.arm)
 
 

@@ -111,16 +111,14 @@ def _inner_edges(inside: np.ndarray, thickness: int) -> np.ndarray:
     return (dilation(find_boundaries(padded, mode="inner"), footprint) & padded)[1:-1, 1:-1]
 
 
-def _paint_outline(out: np.ndarray, inside: np.ndarray, thickness: int, color, keep: np.ndarray | None = None) -> None:
-    """Paint, in place, the inner border of ``inside`` in ``color`` and a one-pixel black rim just inside it.
-
-    The rim keeps the line visible where the object (or the map under it) has the line's colour;
-    ``keep`` limits both to some pixels (dashes).
-    """
+def _outline_and_rim(inside: np.ndarray, thickness: int) -> tuple[np.ndarray, np.ndarray]:
+    """The inner border of a region and the one-pixel rim just inside it (drawn black: the line stays
+    visible where the object, or the map under it, has the line's colour)."""
     edge = _inner_edges(inside, thickness)
-    rim = _inner_edges(inside, thickness + 1) & ~edge
-    if keep is not None:
-        edge, rim = edge & keep, rim & keep
+    return edge, _inner_edges(inside, thickness + 1) & ~edge
+
+
+def _paint(out: np.ndarray, edge: np.ndarray, rim: np.ndarray, color) -> None:
     out[rim] = (0, 0, 0)
     out[edge] = color
 
@@ -160,28 +158,50 @@ def outline(image, semantic_mask, *, colors: Mapping[int, tuple[int, int, int]] 
         raise ValueError(f"colors: no colour for label(s) {', '.join(map(str, missing))}")
     out = img.copy()
     for lab in labels:
-        _paint_outline(out, mask == lab, thickness, colors[lab])
+        _paint(out, *_outline_and_rim(mask == lab, thickness), colors[lab])
     return out
 
 
-def contours(image, instance_masks, *, solid, color: tuple[int, int, int], thickness: int = 2,
-             dash: int = 4) -> np.ndarray:
-    """Draw every instance's outline in one colour: solid for the instances in ``solid``, dashed for the rest.
+def instance_outlines(instance_masks, *, thickness: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Each instance's outline, for :func:`contours`: computed once, drawn on any number of overlays.
 
-    Each instance is outlined on its own, so touching instances of one category stay apart; the target
-    object's instances (solid) are told from the other objects' (dashed) without relying on colour. A
-    one-pixel black rim inside the coloured line keeps it visible where the map has the same colour.
+    Parameters
+    ----------
+    instance_masks : ndarray of shape (K, H, W), bool
+        One mask per instance (:func:`stages.ingest.loaders.load_instance_masks`).
+    thickness : int, default 2
+        Line width in pixels, inside each instance.
+
+    Returns
+    -------
+    edges, rims : ndarray of shape (K, H, W), bool
+        The inner border of each instance (each on its own, so touching instances stay apart) and the
+        one-pixel rim just inside it.
+    """
+    masks = np.asarray(instance_masks, dtype=bool)
+    if masks.ndim != 3:
+        raise ValueError(f"instance_masks: expected shape (K, H, W), got {masks.shape}")
+    _check_thickness(thickness)
+    pairs = [_outline_and_rim(m, thickness) for m in masks]
+    empty = np.zeros(masks.shape, dtype=bool)
+    return (np.stack([e for e, _ in pairs]) if pairs else empty, np.stack([r for _, r in pairs]) if pairs else empty)
+
+
+def contours(image, outlines: tuple[np.ndarray, np.ndarray], *, solid, color: tuple[int, int, int],
+             dash: int = 4) -> np.ndarray:
+    """Draw instance outlines in one colour: solid for the instances in ``solid``, dashed for the rest.
+
+    The target object's instances (solid) are told from the other objects' (dashed) without relying on
+    colour; a black rim inside each line keeps it visible where the map has the line's colour.
 
     Parameters
     ----------
     image : ndarray of shape (H, W, 3), uint8
-    instance_masks : ndarray of shape (K, H, W), bool
-        One mask per instance (:func:`stages.ingest.loaders.load_instance_masks`).
+    outlines : (edges, rims), each ndarray of shape (K, H, W), bool
+        :func:`instance_outlines` of the instances.
     solid : sequence of bool of length K
         Which instances are drawn solid.
     color : RGB triple
-    thickness : int, default 2
-        Outline width in pixels, inside each instance.
     dash : int, default 4
         Dash and gap length (pixels, along the diagonal ``row + col``) of the dashed outlines.
 
@@ -190,17 +210,17 @@ def contours(image, instance_masks, *, solid, color: tuple[int, int, int], thick
     ndarray of shape (H, W, 3), uint8
     """
     img = _as_image(image)
-    masks = np.asarray(instance_masks, dtype=bool)
-    if masks.ndim != 3 or masks.shape[1:] != img.shape[:2]:
-        raise ValueError(f"instance_masks: expected shape (K, {img.shape[0]}, {img.shape[1]}), got {masks.shape}")
-    if len(solid) != masks.shape[0]:
-        raise ValueError(f"solid: {len(solid)} flags for {masks.shape[0]} instances")
-    _check_thickness(thickness)
+    edges, rims = outlines
+    if edges.shape != rims.shape or edges.ndim != 3 or edges.shape[1:] != img.shape[:2]:
+        raise ValueError(f"outlines: expected two arrays of shape (K, {img.shape[0]}, {img.shape[1]}), "
+                         f"got {edges.shape} and {rims.shape}")
+    if len(solid) != edges.shape[0]:
+        raise ValueError(f"solid: {len(solid)} flags for {edges.shape[0]} instances")
     rows, cols = np.indices(img.shape[:2])
     drawn = ((rows + cols) // dash) % 2 == 0
     out = img.copy()
-    for mask, whole in zip(masks, solid):
-        _paint_outline(out, mask, thickness, color, None if whole else drawn)
+    for edge, rim, whole in zip(edges, rims, solid):
+        _paint(out, edge, rim, color) if whole else _paint(out, edge & drawn, rim & drawn, color)
     return out
 
 
