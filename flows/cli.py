@@ -44,6 +44,7 @@ COMMAND_MODULES = (
     "flows.cli_capture",
     "flows.cli_inspect",
     "flows.cli_explain",
+    "flows.cli_faithfulness",
     "flows.cli_refine",
     "flows.cli_score",
     "flows.cli_report",

@@ -16,8 +16,15 @@ DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 FLOW_NAMES = ("pipeline", "capture", "explain", "sweep")
 
 
+def _fmt(v, ci=None) -> str:
+    if v is None or v != v:
+        return "-"
+    return f"{v:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
 def _print_table(run: dict, root=None) -> None:
-    """The per-method metrics table, as plain text (readable in logs and narrow terminals)."""
+    """The per-method metrics table, as plain text (readable in logs and narrow terminals): plausibility, then
+    the faithfulness figures when the run has them."""
     from flows.pipeline import summary_table
 
     df = summary_table(run, root)
@@ -25,8 +32,39 @@ def _print_table(run: dict, root=None) -> None:
         return
     cols = [c for c in ("method", "n_samples", "n_maps", "obj_iou", "contrast", "concentration", "f3",
                         "pointing_accuracy", "obj_iou_word", "pointing_accuracy_word", "f1_iou") if c in df.columns]
-    typer.echo("metrics per method (dataset-level means; F3 from the means, as in the paper):")
-    typer.echo(df[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if len(cols) > 1:
+        typer.echo("plausibility per method (agreement with the ground-truth masks; dataset-level means, F3 from the means):")
+        typer.echo(df[df[cols[1:]].notna().any(axis=1)][cols].to_string(index=False, float_format=lambda v: f"{v:.4f}",
+                                                                           na_rep="-"))
+    if run.get("faithfulness"):
+        from stages.faithfulness.run import load_summary
+
+        print_faithfulness(load_summary(run))
+
+
+def print_faithfulness(summary: dict | None) -> None:
+    """The faithfulness table of a run's ``summary.json``, with 95% bootstrap intervals and sanity flags."""
+    if not summary:
+        return
+    typer.echo(f"faithfulness per method (does the map show what the model used? baseline '{summary['baseline']}', "
+               f"{summary['targets']}; 95% bootstrap intervals over samples):")
+    typer.echo("  deletion AUC: lower is better; insertion AUC: higher is better; random-order floor in brackets;")
+    typer.echo("  occl rho: rank agreement with the occlusion map (higher is better); norm rho: with the token-norm map;")
+    typer.echo("  target rho: mean rank correlation between one response's word maps (lower = more word-specific)")
+    header = f"  {'method':<26} {'maps':>4}  {'deletion AUC':<22} {'insertion AUC':<22} {'random del/ins':<13} " \
+             f"{'occl rho':>8} {'norm rho':>8} {'target rho':>10}"
+    typer.echo(header)
+    for r in summary["methods"]:
+        typer.echo(f"  {r['method']:<26} {r['n_maps']:>4}  {_fmt(r['deletion_auc'], r.get('deletion_auc_ci')):<22} "
+                   f"{_fmt(r['insertion_auc'], r.get('insertion_auc_ci')):<22} "
+                   f"{_fmt(r['random_deletion_auc'])}/{_fmt(r['random_insertion_auc']):<7} "
+                   f"{_fmt(r['occlusion_spearman']):>8} {_fmt(r['norm_spearman']):>8} {_fmt(r['target_sensitivity']):>10}")
+    flagged = [r for r in summary["methods"] if r.get("flags")]
+    if flagged:
+        typer.echo("sanity checks failed:")
+        for r in flagged:
+            for f in r["flags"]:
+                typer.echo(f"  {r['method']}: {f}")
 
 
 def run(
@@ -67,6 +105,10 @@ def run(
         stages = [{**s, "url": root.url_of(s["path"])} if s.get("path") else s for s in stages]
     if as_json:
         out = {"flow": flow, "root": cfg.root, "stages": stages, "report": result.get("report", {}).get("path")}
+        if result.get("faithfulness"):
+            from stages.faithfulness.run import load_summary
+
+            out["faithfulness"] = {"path": result["faithfulness"], **load_summary(result)}
         if root.remote:
             out.update({"mirror": str(root.local), "report_url": result.get("report", {}).get("url")})
         typer.echo(json.dumps(out, indent=2, default=str))
@@ -136,7 +178,9 @@ def demo(
         upd["dataset"] = cfg.dataset.model_copy(update={"synth": cfg.dataset.synth.model_copy(update={"count": count})})
     cfg = cfg.model_copy(update=upd)
     n = cfg.dataset.synth.count
-    with progress_bar("demo", 2 * n) as advance:
+    f = cfg.faithfulness
+    n_faith = 0 if f is None else 2 * min(n, f.limit or n)  # occlusion and faithfulness, one tick per sample
+    with progress_bar("demo", 2 * n + n_faith) as advance:
         result = run_pipeline_plain(cfg, progress=lambda stage, k: advance(k, stage))
     _print_table(result)
     typer.echo(f"capture store: {result['store']}")

@@ -88,6 +88,30 @@ class SweepSpec(BaseModel):
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="'module.param' -> values")
 
 
+class FaithfulnessSpec(BaseModel):
+    """The faithfulness stage (``dcam faithfulness``; :class:`stages.faithfulness.stage.FaithfulnessConfig`):
+    when the block is present, ``dcam run`` and ``dcam demo`` run it after explain and before the report."""
+
+    model_config = ConfigDict(extra="forbid")
+    methods: list[str] | None = Field(None, description="methods of the run to evaluate (default: all)")
+    baseline: Literal["mean", "blur"] = "mean"
+    points: int = Field(13, ge=3, description="points on each deletion / insertion curve")
+    window: int | None = Field(None, ge=1, description="occlusion window in cells (default: 1 up to a 16x16 grid)")
+    targets: Literal["objects", "words"] = "objects"
+    randomisation_samples: int = Field(4, ge=0)
+    batch_size: int = Field(16, ge=1, description="perturbed images per forward")
+    seed: int = 0
+    limit: int | None = Field(None, ge=1, description="only the first N samples")
+    device: str | None = Field(None, description="default: the capture's device")
+
+    def stage_config(self):
+        from stages.faithfulness.stage import FaithfulnessConfig
+
+        return FaithfulnessConfig(baseline=self.baseline, points=self.points, window=self.window, targets=self.targets,
+                                  randomisation_samples=self.randomisation_samples, batch_size=self.batch_size,
+                                  seed=self.seed, limit=self.limit)
+
+
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = "run"
@@ -102,6 +126,7 @@ class RunConfig(BaseModel):
     capture: CaptureSpec = Field(default_factory=CaptureSpec)
     explain: ExplainSpec = Field(default_factory=ExplainSpec)
     sweep: SweepSpec | None = None
+    faithfulness: FaithfulnessSpec | None = None
     score: bool = True
     report: bool = True
     report_max_samples: int | None = Field(None, ge=1, description="report at most this many samples (all are scored)")

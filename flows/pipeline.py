@@ -288,6 +288,51 @@ def write_run(cfg: RunConfig, store: str, dataset: str | None, chains: list[Chai
     return run
 
 
+def faithfulness_stage(root, run: dict[str, Any], *, config, methods=None, device: str = "cpu",
+                       tam_resize: str = "uint8", progress=None) -> dict[str, Any]:
+    """Occlusion, occlusion scores and faithfulness over an explain run (:mod:`stages.faithfulness.run`).
+
+    Loads the captured model (under the device lock) only when a stage is not cached; updates ``run.json``
+    and ``ROOT/summary.csv`` (plausibility and faithfulness per method). Returns ``{"summary": summary.json}``.
+    """
+    import json
+
+    from schemas.capture import CaptureStore
+    from schemas.storage import as_root, write_text_atomic
+    from stages.faithfulness.run import faithfulness_for_run, load_summary
+
+    ar = as_root(root)
+    spec = CaptureStore.open(ar.fetch(run["store"])).config.get("model", "toy")
+    lock = contextlib.ExitStack()
+
+    def load():
+        from stages.capture.registry import load_adapter
+
+        lock.enter_context(device_lock(device))
+        return load_adapter(spec, device=device)
+
+    with lock:
+        faithfulness_for_run(ar, run, config=config, methods=methods, load_adapter=load, model_key=model_digest(spec),
+                             tam_resize=tam_resize, progress=progress)
+    write_text_atomic(ar.local / "run.json", json.dumps(run, indent=2))
+    if ar.remote:
+        ar.put_text("run.json", json.dumps({**ar.urls(run), "root": ar.url}, indent=2))
+    write_summary_csv(run, ar)
+    return {"summary": load_summary(run)}
+
+
+def write_summary_csv(run: dict[str, Any], root: ArtifactRoot) -> Path | None:
+    """``ROOT/summary.csv``: one row per method, plausibility and faithfulness side by side."""
+    table = summary_table(run, root)
+    if table.empty:
+        return None
+    path = root.local / "summary.csv"
+    table.to_csv(path, index=False)
+    if root.remote:
+        root.put_text("summary.csv", path.read_text())
+    return path
+
+
 def build_report(cfg: RunConfig) -> dict[str, Any]:
     """The HTML report under ``ROOT/report`` (built in the mirror and uploaded at a URL root)."""
     from stages.report.build import build_report as build
@@ -314,7 +359,9 @@ def build_report(cfg: RunConfig) -> dict[str, Any]:
 
 
 def summary_table(run: dict[str, Any], root: ArtifactRoot | None = None):
-    """The per-method metrics table of a run (one row per chain); scores at a URL ``root`` are downloaded."""
+    """The per-method metrics table of a run (one row per chain): plausibility from each chain's scores
+    (downloaded at a URL ``root``) and, when the run has them, the faithfulness figures and sanity flags
+    (``faith_`` columns; ``faith_flags`` joined with '; ')."""
     import pandas as pd
 
     frames = []
@@ -324,7 +371,33 @@ def summary_table(run: dict[str, Any], root: ArtifactRoot | None = None):
             df = pd.read_csv(path / "summary.csv")
             df["method"] = name
             frames.append(df)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({"method": []})
+    if run.get("faithfulness"):
+        from stages.faithfulness.run import load_summary
+
+        if root is not None:
+            root.fetch(run["faithfulness"])
+        recs = load_summary(run)["methods"]
+        faith = pd.DataFrame([faithfulness_row(r) for r in recs])
+        table = table.merge(faith, on="method", how="outer") if len(table) else faith
+    return table
+
+
+#: Faithfulness figures of the metrics table, in order (``faith_`` + the summary.json field).
+FAITH_COLUMNS = ("deletion_auc", "insertion_auc", "random_deletion_auc", "random_insertion_auc",
+                 "occlusion_spearman", "norm_spearman", "target_sensitivity")
+
+
+def faithfulness_row(rec: dict[str, Any]) -> dict[str, Any]:
+    """One method's faithfulness record as flat table columns, with interval bounds."""
+    row: dict[str, Any] = {"method": rec["method"], "faith_n_maps": rec["n_maps"]}
+    for name in FAITH_COLUMNS:
+        row[f"faith_{name}"] = rec.get(name)
+        ci = rec.get(f"{name}_ci") or [None, None]
+        row[f"faith_{name}_lo"], row[f"faith_{name}_hi"] = ci
+    row["faith_randomisation_above_hook"] = rec.get("randomisation_above_hook")
+    row["faith_flags"] = "; ".join(rec.get("flags") or [])
+    return row
 
 
 def run_pipeline_plain(cfg: RunConfig, *, progress=None) -> dict[str, Any]:
@@ -345,6 +418,18 @@ def run_pipeline_plain(cfg: RunConfig, *, progress=None) -> dict[str, Any]:
         if progress:
             progress("explain", len(shard))
     run = write_run(cfg, cap["store"], dataset, chains, results)
+    run_faithfulness_block(cfg, run, progress=progress)
     if cfg.report and cfg.score:
         run["report"] = build_report(cfg)
     return run
+
+
+def run_faithfulness_block(cfg: RunConfig, run: dict[str, Any], *, progress=None) -> dict[str, Any] | None:
+    """The config's ``faithfulness:`` block over a written run (None when the config has none)."""
+    if cfg.faithfulness is None:
+        write_summary_csv(run, artifact_root(cfg))
+        return None
+    f = cfg.faithfulness
+    tick = (lambda stage, sid: progress(stage, 1)) if progress else None
+    return faithfulness_stage(artifact_root(cfg), run, config=f.stage_config(), methods=f.methods,
+                              device=f.device or cfg.capture.device, progress=tick)

@@ -74,6 +74,13 @@ def write_run_task(config: dict[str, Any], store: str, dataset: str | None, shar
     return P.write_run(cfg, store, dataset, P.resolve_chains(cfg), shard_results)
 
 
+@task(name="faithfulness", cache_policy=NO_CACHE)
+def faithfulness_task(config: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+    """The config's faithfulness block (occlusion, its scores, faithfulness), content-addressed like every stage."""
+    P.run_faithfulness_block(_cfg(config), run)
+    return run
+
+
 @task(name="report", cache_policy=NO_CACHE)
 def report_task(config: dict[str, Any]) -> dict[str, Any]:
     return P.build_report(_cfg(config))
@@ -153,7 +160,9 @@ def _publish(cfg: RunConfig, run: dict[str, Any]) -> None:
     create_markdown_artifact(key=f"{key}-summary", markdown="\n".join(lines), description="diffusion-cam run summary")
     if not table.empty:
         cols = [c for c in ("method", "n_samples", "obj_iou", "contrast", "concentration", "f3", "pointing_accuracy",
-                            "obj_iou_word", "f1_iou") if c in table.columns]
+                            "obj_iou_word", "f1_iou", "faith_deletion_auc", "faith_insertion_auc",
+                            "faith_random_deletion_auc", "faith_random_insertion_auc", "faith_occlusion_spearman",
+                            "faith_norm_spearman", "faith_target_sensitivity", "faith_flags") if c in table.columns]
         rows = table[cols].round(4).astype(object).where(table[cols].notna(), None).to_dict(orient="records")
         create_table_artifact(key=f"{key}-metrics", table=rows, description="dataset-level metrics per chain")
 
@@ -177,12 +186,13 @@ def capture_flow(config: dict[str, Any]) -> dict[str, Any]:
 def _explain(cfg: RunConfig, store: str, dataset: str, ids: list[str], stages: list[dict]) -> dict[str, Any]:
     config = cfg.model_dump()
     results = _explain_shards(cfg, store, dataset if cfg.score else None, ids)
-    run = write_run_task(config, store, dataset, results)
+    run = faithfulness_task(config, write_run_task(config, store, dataset, results))
     if cfg.report and cfg.score:
         run["report"] = report_task(config)
     for name, entry in run["presets"].items():
         for s in entry["stages"]:
             stages.append({"chain": name, **s})
+    stages += [{"chain": "faithfulness", **s} for s in run.get("faithfulness_stages", [])]
     if "report" in run:
         stages.append(run["report"])
     run["stage_results"] = stages

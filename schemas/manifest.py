@@ -33,6 +33,7 @@ ARTIFACT_SCHEMA_VERSIONS: dict[str, str] = {
     "maps": "1.0",
     "scores": "1.0",
     "report": "1.0",
+    "faithfulness": "1.0",
 }
 
 MANIFEST_FILE = "manifest.json"
