@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from flows.options import UsageError, check_choice, parse_int_list, require, split_list
+from flows.options import UsageError, check_choice, check_device, parse_int_list, require, split_list
 from schemas.errors import DcamError
 
 
@@ -20,7 +20,9 @@ def explain(
     layers: list[str] = typer.Option(None, "--layers", help="Captured layers to explain, repeated or comma-separated (default: all captured)."),
     data: Path = typer.Option(None, "--data", help="Dataset with ground-truth masks: also score the maps (default: the capture's dataset when --score)."),
     score: bool = typer.Option(False, "--score", help="Score the final maps against the dataset's masks."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object: per preset and stage, computed or cached, and the output path."),
+    faithfulness: bool = typer.Option(False, "--faithfulness", help="Then run the faithfulness stage with its defaults (needs the model: see 'dcam faithfulness', which takes its options)."),
+    device: str = typer.Option("cpu", "--device", help="With --faithfulness: where the model runs (cpu, cuda or cuda:N)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object: per preset and stage, computed or cached, and the output path (with --faithfulness, its per-method records under 'faithfulness')."),
 ) -> None:
     """Write the selection, base-map and per-module artifacts of each preset.
 
@@ -34,6 +36,8 @@ def explain(
 
     # Everything the command line decides is checked before any output directory is made.
     check_choice(policy, POLICIES, "--policy")
+    if faithfulness:
+        check_device(device)
     steps = parse_int_list(step_indices, "--step-indices")
     layer_list = parse_int_list(layers, "--layers")
     if policy == "explicit":
@@ -60,13 +64,25 @@ def explain(
     with progress_bar("explain", len(specs)) as advance:
         run = explain_run(store, root, specs, policy=policy, layers=layer_list, steps=steps, dataset=dataset,
                           on_preset=lambda n: advance(1, n))
+    summary = None
+    if faithfulness:
+        require(dataset is not None, "--faithfulness", "needs the masks' dataset: add --score (or --data)")
+        from flows.pipeline import faithfulness_stage
+        from stages.faithfulness.stage import FaithfulnessConfig
+
+        summary = faithfulness_stage(root, run, config=FaithfulnessConfig(), device=device)["summary"]
     if as_json:
-        typer.echo(json.dumps({"root": str(root), **run}, indent=2))
+        typer.echo(json.dumps({"root": str(root), **run, **({"faithfulness": {"path": run["faithfulness"], **summary}}
+                                                            if summary else {})}, indent=2))
         return
     for name, entry in run["presets"].items():
         typer.echo(f"{name}:")
         for r in entry["stages"]:
             typer.echo(f"  {r['stage']:<10} {r['status']:<8} {r['path']}")
+    if summary:
+        from flows.cli_run import print_faithfulness
+
+        print_faithfulness(summary)
     typer.echo(f"run description: {root / 'run.json'}")
 
 

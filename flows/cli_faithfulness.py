@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from flows.options import UsageError, check_at_least, check_choice, require, split_list
+from flows.options import UsageError, check_at_least, check_choice, check_device, require, split_list
 from schemas.errors import DcamError
 
 
@@ -46,7 +46,7 @@ def faithfulness(
     check_at_least(points, 3, "--points")
     check_at_least(batch_size, 1, "--batch-size")
     check_at_least(randomisation_samples, 0, "--randomisation-samples")
-    require(device == "cpu" or device == "cuda" or device.startswith("cuda:"), "--device", f"expected cpu, cuda or cuda:N, got {device!r}")
+    check_device(device)
     require(store.exists(), "STORE", f"{store} does not exist")
     run_file = explain_root / "run.json"
     require(run_file.is_file(), "--explain", f"{explain_root} holds no run.json; run 'dcam explain {store}' first")

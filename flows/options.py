@@ -65,3 +65,14 @@ def check_at_least(value: int | float | None, minimum: int | float, option: str)
 def check_choice(value: str | None, choices: Sequence[str], option: str) -> None:
     """A usage error unless ``value`` is None or one of ``choices``."""
     require(value is None or value in choices, option, f"expected one of {', '.join(choices)}, got {value!r}")
+
+
+def check_device(device: str, option: str = "--device") -> None:
+    """``cpu``, ``cuda`` or ``cuda:N``, and CUDA present when asked for (a usage error otherwise)."""
+    import re
+
+    require(re.fullmatch(r"cpu|cuda(:\d+)?", device) is not None, option, f"expected cpu, cuda or cuda:N, got {device!r}")
+    if device.startswith("cuda"):
+        import torch
+
+        require(torch.cuda.is_available(), option, f"{device}: CUDA is not available on this machine")
