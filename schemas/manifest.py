@@ -47,6 +47,7 @@ class SampleStatus(BaseModel):
     status: Literal["ok", "failed"]
     reason: str | None = None
     seconds: float | None = None
+    digest: str | None = Field(default=None, description="the sample's digest (capture stores)")
 
 
 class InputRef(BaseModel):

@@ -161,7 +161,7 @@ def finalize(store: CaptureStore, *, data: str | Path, seconds: float) -> StageM
         gen += t.get("generate", 0.0)
         att += t.get("attribute", 0.0)
         statuses.append(SampleStatus(sample_id=sid, status=attrs.get("status", "ok"), reason=attrs.get("reason"),
-                                     seconds=t.get("total")))
+                                     seconds=t.get("total"), digest=attrs.get("digest")))
     inputs = {}
     try:
         dm = read_manifest(data)

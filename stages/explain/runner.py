@@ -23,6 +23,7 @@ from schemas.errors import DcamError
 from schemas.capture import finished_manifest
 from schemas.manifest import StageManifest, read_manifest
 from schemas.storage import ArtifactRoot, as_root
+from schemas.verify import verified_manifest
 from stages.explain.addressing import StageResult, artifact_dir, artifact_key, dataset_digest, is_done
 
 
@@ -65,6 +66,8 @@ def run_stage(root: "ArtifactRoot | str | Path", stage: str, version: str, confi
     final = artifact_dir(ar.local, stage, key)
     done = ar.done_manifest(final, kind)
     if done is not None:
+        if not ar.remote:  # a cached output is checked once, where it is reused (in a mirror: when it is read)
+            done = verified_manifest(final, kind)
         return StageResult(stage, str(final), "cached", done.content_digest)
     t0 = time.perf_counter()
     if ar.remote and is_done(final, kind):  # complete in the mirror, never uploaded (an interrupted run)
@@ -73,6 +76,7 @@ def run_stage(root: "ArtifactRoot | str | Path", stage: str, version: str, confi
                            time.perf_counter() - t0)
     for path in needs:
         ar.fetch(path)
+        verified_manifest(path)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(final.parent)
