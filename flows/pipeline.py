@@ -18,7 +18,6 @@ from typing import Any
 
 from flows.config import ChainOverride, RunConfig
 from schemas.errors import DcamError
-from schemas.manifest import digest_json
 from schemas.storage import ArtifactRoot
 from stages.explain.addressing import artifact_dir, artifact_key, dataset_digest, is_done
 from stages.explain.runner import ChainSpec, chain_from_preset, run_stage
@@ -145,31 +144,12 @@ def device_lock(device: str):
 
 
 def capture_config_dict(cfg: RunConfig, dataset: str) -> dict[str, Any]:
+    from stages.capture.run import model_digest  # imports torch
+
     c = cfg.capture.model_dump()
     c.pop("device")  # results do not depend on the device (up to kernel numerics)
     return {"capture": c, "limit": cfg.dataset.limit, "dataset_digest": dataset_digest(dataset),
             "model_digest": model_digest(cfg.capture.model)}
-
-
-def model_digest(spec: str) -> str:
-    """Digest of a model's weights and config: their bytes up to 100 MB, beyond that sizes and times."""
-    from stages.capture.registry import parse_model_spec
-
-    family, path = parse_model_spec(spec)
-    if family == "toy" and path is None:
-        from stages.toy.model import BUNDLED_WEIGHTS
-
-        path = str(BUNDLED_WEIGHTS)
-    p = Path(path)
-    if not p.exists():
-        return digest_json(spec)
-    files = sorted(f for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file())
-    if p.is_dir() and sum(f.stat().st_size for f in files) < 100 * 2**20:
-        from schemas.manifest import digest_files
-
-        return digest_files(p, exclude=())
-    return digest_json([(str(f.relative_to(p) if p.is_dir() else f.name), f.stat().st_size, int(f.stat().st_mtime))
-                        for f in files])
 
 
 def capture_path(cfg: RunConfig, dataset: str) -> Path:

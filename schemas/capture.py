@@ -208,12 +208,15 @@ class CaptureStore:
                       if not complete_only or group.attrs.get("complete") is True)
 
     def incomplete_ids(self) -> list[str]:
-        return sorted(name for name, group in self._samples().groups() if group.attrs.get("complete") is not True)
+        """Sample groups that are not complete: interrupted, or damaged so that their attributes do not read."""
+        folder = self.path / "samples"
+        names = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+        return [name for name in names if not self.is_complete(name)]
 
     def is_complete(self, sample_id: str) -> bool:
         try:
             return self._samples()[sample_id].attrs.get("complete") is True
-        except KeyError:
+        except Exception:  # absent (KeyError), or garbage in its zarr.json
             return False
 
     def sample(self, sample_id: str) -> CaptureSample:
@@ -262,8 +265,7 @@ class CaptureStore:
             yield s
 
     def _discard(self, sample_id: str) -> None:
-        if sample_id in set(self._samples().group_keys()):
-            shutil.rmtree(self.path / "samples" / sample_id, ignore_errors=True)
+        shutil.rmtree(self.path / "samples" / sample_id, ignore_errors=True)
 
     def write_sample(
         self,
@@ -375,8 +377,8 @@ def verify_store(path: str | Path) -> list[str]:
     try:
         store = CaptureStore.open(path)
         manifest = read_manifest(path, KIND) if (path / MANIFEST_FILE).is_file() else None
-        names = sorted(name for name, _ in store._samples().groups())
-    except DcamError as e:
+        names = sorted(p.name for p in (path / "samples").iterdir() if p.is_dir())
+    except (DcamError, OSError) as e:
         return [str(e)]
     problems = []
     if manifest is None:
@@ -402,6 +404,16 @@ def verify_store(path: str | Path) -> list[str]:
                 problems.append(f"content digest mismatch: the manifest records {manifest.content_digest[:12]}, "
                                 f"its samples give {found[:12]}")
     return problems
+
+
+def written_by_dcam(path: str | Path) -> bool:
+    """True when ``path`` holds a capture store this project wrote (its root group says so), read from
+    ``zarr.json`` alone, so that a damaged store can still be recognised (and replaced)."""
+    try:
+        meta = json.loads((Path(path) / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and (meta.get("attributes") or {}).get("dcam_kind") == KIND
 
 
 def _require_store(path: Path) -> None:

@@ -144,3 +144,102 @@ def test_tampered_maps_artifact_refused_and_deep_verify_names_it(store, tmp_path
     assert rc == 1 and f"{maps}: content digest mismatch" in out  # ... the maps it was computed from are not
     with pytest.raises(IntegrityError):  # and a rerun refuses to reuse it
         explain_chain(store, root, chain_from_preset("gradcam"))
+
+
+# ------------------------------------------------------------------ 1. resume against a changed dataset
+def capture(data, out, adapter, **kw) -> dict[str, str]:
+    """Capture ``data`` into ``out``; returns each sample's status (ok / failed / skipped)."""
+    seen = {}
+    capture_dataset(data, out, adapter=adapter, model_spec="toy", config=CONFIG,
+                    on_sample=lambda sid, status: seen.__setitem__(sid, status), **kw)
+    return seen
+
+
+def test_case1_resume_recaptures_samples_whose_inputs_changed(adapter, tmp_path):
+    data, out = tmp_path / "data", tmp_path / "store"
+    write_dataset(data, count=2, seed=3)
+    first = capture(data, out, adapter)
+    assert set(first.values()) <= {"ok", "failed"} and len(first) == 2
+    assert set(capture(data, out, adapter).values()) == {"skipped"}  # same inputs: nothing redone
+    old = {s.sample_id: s.digest for s in finished_manifest(out).samples}
+    shutil.rmtree(data)
+    write_dataset(data, count=2, seed=4)  # same path and ids, other images
+    again = capture(data, out, adapter)
+    assert "skipped" not in again.values() and set(again) == set(first)
+    new = {s.sample_id: s.digest for s in finished_manifest(out).samples}
+    assert all(new[sid] != old[sid] for sid in old)
+    reader = CaptureStore.open(out)
+    for sid in reader.sample_ids():
+        assert reader.sample(sid).attrs["image_path"] == str((data / "image" / f"{sid}.jpg").resolve())
+
+
+def test_damaged_sample_group_is_recaptured_not_fatal(store, adapter, dataset, tmp_path):
+    out = copy_store(store, tmp_path)
+    sid = ok_ids(out)[0]
+    (out / "samples" / sid / "zarr.json").write_text("{not json")
+    statuses = capture(dataset, out, adapter)
+    assert statuses[sid] == "ok" and list(statuses.values()).count("skipped") == len(statuses) - 1
+    assert verify_artifact(out) == []
+
+
+# ------------------------------------------------------------------ 2. duplicate sample ids
+def instances_file(data: Path) -> Path:
+    return data / "annotations" / "instances_minival2014.json"
+
+
+@pytest.mark.parametrize("other_id", [1.0, "1", " 1"])
+def test_case2_ids_that_mean_one_image_are_duplicates_naming_both(tmp_path, other_id):
+    from stages.ingest.loaders import load_dataset
+
+    data = tmp_path / "data"
+    write_dataset(data, count=2, seed=3)
+    inst = json.loads(instances_file(data).read_text())
+    ids = [im["id"] for im in inst["images"]]
+    assert ids[:2] == [1, 2]
+    inst["images"][1]["id"] = other_id  # the second image now claims the first one's id
+    instances_file(data).write_text(json.dumps(inst))
+    with pytest.raises(DcamError, match=r"duplicate sample id 000000000001: instances_minival2014.json: images\[0\] "
+                                        r"and images\[1\] both map to it"):
+        load_dataset(data)
+
+
+# ------------------------------------------------------------------ 3. --overwrite deletes only a capture store
+def test_case3_overwrite_refuses_a_users_own_zarr_group(adapter, dataset, tmp_path):
+    import zarr
+
+    mine = tmp_path / "mine"
+    zarr.open_group(str(mine), mode="w", zarr_format=3).attrs["owner"] = "me"
+    with pytest.raises(DcamError, match="not a capture store diffusion-cam wrote; refusing to delete it"):
+        capture_dataset(dataset, mine, adapter=adapter, model_spec="toy", config=CONFIG, overwrite=True)
+    assert json.loads((mine / "zarr.json").read_text())["attributes"] == {"owner": "me"}
+
+
+# ------------------------------------------------------------------ 5. bad annotations change no ground truth
+def test_case5_annotation_image_id_as_string_is_used_and_unknown_one_refused(tmp_path):
+    from stages.ingest.loaders import load_dataset
+
+    data = tmp_path / "data"
+    write_dataset(data, count=1, seed=3)
+    inst = json.loads(instances_file(data).read_text())
+    n_objects = len(load_dataset(data).samples[0].objects)
+    for ann in inst["annotations"]:
+        ann["image_id"] = str(ann["image_id"])
+    instances_file(data).write_text(json.dumps(inst))
+    assert len(load_dataset(data).samples[0].objects) == n_objects > 0  # not dropped
+    inst["annotations"][0]["image_id"] = "one"
+    instances_file(data).write_text(json.dumps(inst))
+    with pytest.raises(DcamError, match=r"annotations\[0\] has image_id 'one', not an image id"):
+        load_dataset(data)
+
+
+def test_case5_duplicate_category_id_refused(tmp_path):
+    from stages.ingest.loaders import load_dataset
+
+    data = tmp_path / "data"
+    write_dataset(data, count=1, seed=3)
+    inst = json.loads(instances_file(data).read_text())
+    first = inst["categories"][0]
+    inst["categories"].append({"id": first["id"], "name": "dupe"})
+    instances_file(data).write_text(json.dumps(inst))
+    with pytest.raises(DcamError, match=f"category id {first['id']} is given twice \\('{first['name']}' and 'dupe'\\)"):
+        load_dataset(data)

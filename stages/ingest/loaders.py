@@ -367,20 +367,29 @@ def _check_size(declared: tuple[int, int], actual: tuple[int, int], what: str) -
         raise _Rejected(f"{what} is {actual[0]}x{actual[1]} but the annotation says {declared[0]}x{declared[1]}")
 
 
-def _collect(records: Iterable[tuple[str, Callable[[], Sample]]], limit: int | None) -> LoadResult:
-    """Build samples record by record, turning a record's failure into a rejection reason."""
+def _collect(records: Iterable[tuple[str, Callable[[], Sample]]], limit: int | None, *, file: str, items: str,
+             ) -> LoadResult:
+    """Build samples record by record, turning a record's failure into a rejection reason.
+
+    Raises
+    ------
+    DcamError
+        If two records have the same (canonical) sample id, naming both (``items[i]``): which of them
+        the annotations meant cannot be told. ``file`` and ``items`` name the records (``images``) of a file.
+    """
     samples: list[Sample] = []
     rejected: list[tuple[str, str]] = []
-    seen: set[str] = set()
+    seen: dict[str, int] = {}
     for count, (sample_id, build) in enumerate(records):
         if limit is not None and count >= limit:
             break
+        if sample_id in seen:
+            raise DcamError(f"duplicate sample id {sample_id}: {file}: {items}[{seen[sample_id]}] and {items}[{count}] "
+                            "both map to it; give every record its own id")
+        seen[sample_id] = count
         try:
             if not sample_id or "/" in sample_id or "\\" in sample_id or sample_id.startswith("."):
                 raise _Rejected(f"sample id {sample_id!r} is not usable as a file name")
-            if sample_id in seen:
-                raise _Rejected(f"duplicate sample id {sample_id!r}")
-            seen.add(sample_id)
             samples.append(build())
         except _Rejected as e:
             rejected.append((sample_id, str(e)))
@@ -416,21 +425,21 @@ def _coco_records(
             raise DcamError(f"{instances_path} is not a COCO instances file: no '{key}' list")
     if not isinstance(captions, dict) or not isinstance(captions.get("annotations"), list):
         raise DcamError(f"{captions_path} is not a COCO captions file: no 'annotations' list")
-    try:
-        names = {int(c["id"]): str(c["name"]) for c in instances["categories"]}
-    except (KeyError, TypeError, ValueError) as e:
-        raise DcamError(f"{instances_path} has a malformed category: {e!r}") from None
+    names: dict[int, str] = {}
+    for c in instances["categories"]:
+        try:
+            cid, name = _coco_id(c["id"]), str(c["name"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise DcamError(f"{instances_path} has a malformed category: {e!r}") from None
+        if cid in names:
+            raise DcamError(f"{instances_path}: category id {cid} is given twice ({names[cid]!r} and {name!r})")
+        names[cid] = name
     categories = {name: cid for cid, name in sorted(names.items())}
-    anns: dict[int, list[dict]] = {}
-    for ann in instances["annotations"]:
-        anns.setdefault(ann.get("image_id"), []).append(ann)
-    caps: dict[int, list] = {}
-    for cap in captions["annotations"]:
-        caps.setdefault(cap.get("image_id"), []).append(cap.get("caption"))
+    anns = _by_image(instances["annotations"], instances_path)
+    caps = {k: [cap.get("caption") for cap in v] for k, v in _by_image(captions["annotations"], captions_path).items()}
 
-    def builder(image: dict) -> Callable[[], Sample]:
+    def builder(image: dict, image_id: int) -> Callable[[], Sample]:
         def build() -> Sample:
-            image_id = int(image["id"])
             height, width = int(image["height"]), int(image["width"])
             path = image_path(image)
             _check_size((height, width), _image_size(path, "image"), f"image {path.name}")
@@ -444,7 +453,7 @@ def _coco_records(
             captions_ = [_caption(t, f"caption {i + 1}") for i, t in enumerate(texts)]
             objects = []
             for ann in anns.get(image_id, []):
-                label = int(ann["category_id"])
+                label = _coco_id(ann["category_id"])
                 if label not in names:
                     raise _Rejected(f"annotation {ann.get('id')} has unknown category {label}")
                 try:
@@ -461,11 +470,40 @@ def _coco_records(
         return build
 
     records = []
-    for image in instances["images"]:
-        image_id = image.get("id") if isinstance(image, dict) else None
-        sample_id = f"{image_id:012d}" if isinstance(image_id, int) else str(image_id)
-        records.append((sample_id, builder(image)))
+    for index, image in enumerate(instances["images"]):
+        raw = image.get("id") if isinstance(image, dict) else None
+        try:
+            image_id = _coco_id(raw)
+            records.append((f"{image_id:012d}", builder(image, image_id)))
+        except (TypeError, ValueError):
+            records.append((f"image-{index}", _reject(f"image id {raw!r} is not an integer")))
     return records
+
+
+def _coco_id(value: Any) -> int:
+    """The canonical form of a COCO id: an integer given as a JSON integer, an integral number (``1.0``)
+    or a decimal string (``"1"``), so that ids that mean one image are recognised as one."""
+    if isinstance(value, bool):
+        raise TypeError(f"id {value!r} is not an integer")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().isdecimal():
+        return int(value.strip())
+    raise ValueError(f"id {value!r} is not an integer")
+
+
+def _by_image(annotations: list, path: Path) -> dict[int, list[dict]]:
+    """Annotations grouped by their canonical ``image_id``; one that has none refuses the file."""
+    out: dict[int, list[dict]] = {}
+    for index, ann in enumerate(annotations):
+        raw = ann.get("image_id") if isinstance(ann, dict) else None
+        try:
+            out.setdefault(_coco_id(raw), []).append(ann)
+        except (TypeError, ValueError):
+            raise DcamError(f"{path}: annotations[{index}] has image_id {raw!r}, not an image id") from None
+    return out
 
 
 def load_coco_tam(root: str | os.PathLike, *, limit: int | None = None, source: str = "coco-tam") -> LoadResult:
@@ -491,11 +529,11 @@ def load_coco_tam(root: str | os.PathLike, *, limit: int | None = None, source: 
     records = _coco_records(
         _read_json(instances_path, "instances file"), _read_json(captions_path, "captions file"),
         instances_path=instances_path, captions_path=captions_path,
-        image_path=lambda im: root / "image" / f"{int(im['id']):012d}.jpg",
-        seg_path=lambda im: root / "seg_label" / f"{int(im['id']):012d}.png",
+        image_path=lambda im: root / "image" / f"{_coco_id(im['id']):012d}.jpg",
+        seg_path=lambda im: root / "seg_label" / f"{_coco_id(im['id']):012d}.png",
         source=source,
     )
-    return _collect(records, limit)
+    return _collect(records, limit, file=instances_path.name, items="images")
 
 
 def load_synthetic(root: str | os.PathLike, *, limit: int | None = None) -> LoadResult:
@@ -547,7 +585,7 @@ def load_coco(
         instances_path=instances, captions_path=captions,
         image_path=lambda im: images / str(im["file_name"]), seg_path=None, source="coco",
     )
-    return _collect(records, limit)
+    return _collect(records, limit, file=instances.name, items="images")
 
 
 # --------------------------------------------------------------------------------------------- GranDf
@@ -627,7 +665,7 @@ def load_grandf(path: str | os.PathLike, *, images: str | os.PathLike | None = N
             entries.append((Path(name).stem, builder(record, name)))
         else:
             entries.append((f"record-{index}", _reject("record has neither 'file_name' nor 'image'")))
-    return _collect(entries, limit)
+    return _collect(entries, limit, file=path.name, items="records")
 
 
 # ------------------------------------------------------------------------------------------- TAM anno
@@ -691,7 +729,7 @@ def load_tam_anno(path: str | os.PathLike, *, limit: int | None = None) -> LoadR
         (Path(str(entry[0])).stem if isinstance(entry, list) and entry else f"entry-{index}", builder(entry))
         for index, entry in enumerate(data)
     ]
-    return _collect(entries, limit)
+    return _collect(entries, limit, file=file.name, items="entries")
 
 
 # ------------------------------------------------------------------------------------ detect and load
