@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import subprocess
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Literal
 
@@ -173,7 +173,9 @@ def write_manifest(directory: str | os.PathLike, manifest: StageManifest) -> Pat
     if not manifest.code_version:
         manifest = manifest.model_copy(update={"code_version": code_version()})
     target = directory / MANIFEST_FILE
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".manifest.", suffix=".tmp")
+    # 0666 less the umask, as every other file (mkstemp's 0600 would hide it from the other users)
+    tmp = directory / f".manifest.{uuid.uuid4().hex[:12]}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     with os.fdopen(fd, "w") as f:
         f.write(manifest.model_dump_json(indent=2))
     os.replace(tmp, target)

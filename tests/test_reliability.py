@@ -243,3 +243,174 @@ def test_case5_duplicate_category_id_refused(tmp_path):
     instances_file(data).write_text(json.dumps(inst))
     with pytest.raises(DcamError, match=f"category id {first['id']} is given twice \\('{first['name']}' and 'dupe'\\)"):
         load_dataset(data)
+
+
+# ------------------------------------------------------------------ 9. one writer per capture store
+HOLD_LOCK = """
+import sys, time
+from schemas.lock import exclusive
+with exclusive(sys.argv[1], what="test"):
+    print("locked", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_case9_concurrent_capture_on_one_store_refused_in_one_line(adapter, dataset, tmp_path):
+    import subprocess
+    import sys
+
+    from schemas.lock import LockedError, store_lock_path
+
+    out = tmp_path / "store"
+    other = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(store_lock_path(out))], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
+    try:
+        assert other.stdout.readline().strip() == "locked"  # another process is writing the store
+        with pytest.raises(LockedError, match=f"capture store {out} is in use by pid {other.pid} on host .* "
+                                              "\\(pid namespace .*\\) since .*; wait for it to finish"):
+            capture_dataset(dataset, out, adapter=adapter, model_spec="toy", config=CONFIG, limit=1)
+        assert not out.exists()
+    finally:
+        other.communicate("done\n", timeout=30)
+    assert capture_dataset(dataset, out, adapter=adapter, model_spec="toy", config=CONFIG, limit=1).samples
+
+
+def test_store_lock_waits_for_its_holder(tmp_path):
+    import threading
+
+    from schemas.lock import LockedError, exclusive
+
+    lock, order = tmp_path / "x.lock", []
+
+    def take():
+        with exclusive(lock, what="x", wait=60):
+            order.append("got")
+
+    with exclusive(lock, what="x"):
+        with pytest.raises(LockedError):
+            with exclusive(lock, what="x", wait=0.05):
+                pass
+        waiter = threading.Thread(target=take)
+        waiter.start()
+        order.append("released")
+    waiter.join(60)
+    assert order == ["released", "got"]
+
+
+# ------------------------------------------------------------------ 10. stale temporaries judged by their lock
+def test_case10_live_temporary_of_another_pid_namespace_is_kept(tmp_path):
+    import fcntl
+    import os
+
+    from stages.explain.runner import sweep_stale
+
+    # a writer in a container: its PID (here one that does not exist in this namespace) says nothing
+    live = tmp_path / ".abc.tmp-999999-deadbeef"
+    live.mkdir()
+    (live / "part").write_text("x")
+    dead = tmp_path / ".def.tmp-999998-deadbeef"
+    dead.mkdir()
+    fd = os.open(live, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # the live writer holds the lock of its temporary
+    try:
+        sweep_stale(tmp_path)
+        assert (live / "part").exists() and not dead.exists()
+    finally:
+        os.close(fd)
+    sweep_stale(tmp_path)
+    assert not live.exists()
+
+
+def test_temporary_dir_is_locked_while_written_and_swept_after(tmp_path):
+    from schemas.lock import sweep_temporaries, temporary_dir
+
+    with temporary_dir(tmp_path / "final") as tmp:
+        assert tmp.is_dir() and ".final.tmp-" in tmp.name
+        assert sweep_temporaries(tmp_path) == [] and tmp.is_dir()
+    assert sweep_temporaries(tmp_path) == [tmp] and not tmp.exists()
+
+
+# ------------------------------------------------------------------ 13. lock files never follow a symlink
+def test_case13_planted_symlink_lock_refused_and_target_untouched(tmp_path, monkeypatch):
+    from flows.pipeline import device_lock
+
+    locks, victim = tmp_path / "locks", tmp_path / "victim.txt"
+    locks.mkdir()
+    victim.write_text("precious")
+    (locks / "capture-cpu.lock").symlink_to(victim)
+    monkeypatch.setenv("DCAM_LOCK_DIR", str(locks))
+    with pytest.raises(DcamError, match="capture-cpu.lock is a symbolic link; refusing to follow it"):
+        with device_lock("cpu"):
+            pass
+    assert victim.read_text() == "precious"
+    (locks / "capture-cpu.lock").unlink()
+    with device_lock("cpu"):
+        assert json.loads((locks / "capture-cpu.lock").read_text())["pid"] > 0  # records its holder
+
+
+def test_case13_lock_folder_that_is_a_symlink_refused(tmp_path, monkeypatch):
+    from flows.pipeline import device_lock
+
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "locks").symlink_to(tmp_path / "elsewhere")
+    monkeypatch.setenv("DCAM_LOCK_DIR", str(tmp_path / "locks"))
+    with pytest.raises(DcamError, match="is not a plain folder"):
+        with device_lock("cpu"):
+            pass
+
+
+# ------------------------------------------------------------------ 14. manifests readable like the rest
+def test_case14_manifest_mode_follows_the_umask(tmp_path):
+    import os
+
+    from schemas.manifest import StageManifest, write_manifest
+
+    old = os.umask(0o022)
+    try:
+        path = write_manifest(tmp_path / "a", StageManifest(kind="maps", schema_version="1.0", stage="x",
+                                                            stage_version="1"))
+        assert path.stat().st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        path = write_manifest(tmp_path / "b", StageManifest(kind="maps", schema_version="1.0", stage="x",
+                                                            stage_version="1"))
+        assert path.stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
+
+
+# ------------------------------------------------------------------ 11. no helper process outlives a killed run
+BOUND_CHILD = """
+import subprocess, sys, time
+from flows.env import die_with_parent
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], preexec_fn=die_with_parent)
+print(child.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")  # a zombie has ended; only its exit status is left to collect
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_case11_server_child_ends_when_its_parent_is_killed():
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    parent = subprocess.Popen([sys.executable, "-c", BOUND_CHILD], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parent.parent)
+    child = int(parent.stdout.readline())
+    assert _alive(child)
+    parent.send_signal(signal.SIGKILL)  # as `kill -9` of `dcam run`
+    parent.wait()
+    for _ in range(300):  # the kernel signals the child at once; allow a loaded machine 30 s to show it
+        if not _alive(child):
+            break
+        time.sleep(0.1)
+    assert not _alive(child)

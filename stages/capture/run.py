@@ -19,6 +19,7 @@ import numpy as np
 
 from schemas.capture import KIND, SCHEMA_VERSION, CaptureStore, written_by_dcam
 from schemas.errors import DcamError
+from schemas.lock import exclusive, store_lock_path
 from schemas.manifest import InputRef, SampleStatus, StageManifest, digest_files, digest_json, read_manifest
 from stages.capture.core import CaptureConfig, capture_sample
 
@@ -99,6 +100,7 @@ def capture_dataset(
     on_sample: Callable[[str, str], None] | None = None,
     finalize_store: bool = True,
     retry_failed: bool = True,
+    lock_wait: float = 0.0,
 ) -> StageManifest | None:
     """Capture every sample of the dataset at ``data`` into the store at ``out``.
 
@@ -122,6 +124,14 @@ def capture_dataset(
         Capture again the samples an earlier run recorded as failed (a transient out-of-memory, say).
     on_sample : callable(sample_id, status), optional
         Called after each sample (progress bars).
+    lock_wait : float
+        Seconds to wait while another process writes the store (``math.inf``: until it ends); 0 refuses
+        at once (:func:`schemas.lock.exclusive`).
+
+    Raises
+    ------
+    LockedError
+        If another process (on this host or, on a shared filesystem, another) writes the store.
     """
     from stages.dmllm.sampler import validate_schedule
     from stages.ingest.loaders import load_dataset
@@ -139,6 +149,17 @@ def capture_dataset(
         samples = [s for s in samples if s.sample_id in wanted]
         rejected = [(sid, r) for sid, r in rejected if sid in wanted]
     store_config = {"model": model_spec, "family": adapter.family, "data": str(Path(data).resolve()), **config.to_dict()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive(store_lock_path(out), what=f"capture store {out}", wait=lock_wait):
+        return _capture_locked(out, samples, rejected, adapter=adapter, model_spec=model_spec, config=config,
+                               store_config=store_config, overwrite=overwrite, on_sample=on_sample,
+                               retry_failed=retry_failed, finalize_data=data if finalize_store else None, t0=t0)
+
+
+def _capture_locked(out: Path, samples, rejected, *, adapter, model_spec: str, config: CaptureConfig,
+                    store_config: dict, overwrite: bool, on_sample, retry_failed: bool, finalize_data, t0: float,
+                    ) -> StageManifest | None:
+    """:func:`capture_dataset` once it holds the store's lock (``finalize_data`` None: leave it unfinished)."""
     if overwrite and out.exists():
         if not written_by_dcam(out):
             raise DcamError(f"--overwrite: {out} is not a capture store diffusion-cam wrote; refusing to delete it")
@@ -187,9 +208,9 @@ def capture_dataset(
             on_sample(s.sample_id, status)
         gc.collect()
 
-    if not finalize_store:
+    if finalize_data is None:
         return None
-    return finalize(store, data=data, seconds=time.perf_counter() - t0)
+    return finalize(store, data=finalize_data, seconds=time.perf_counter() - t0)
 
 
 def _free_device_memory() -> None:
