@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.errors import DcamError
+from schemas.limits import check_yaml
 
 
 class SynthSpec(BaseModel):
@@ -132,7 +133,9 @@ def load_config(path: str | Path) -> RunConfig:
     if not path.is_file():
         raise DcamError(f"config file {path} not found")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text()
+        check_yaml(text, str(path))  # nesting, aliases and expanded size, before anything is built
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise DcamError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
     try:

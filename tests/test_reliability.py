@@ -414,3 +414,147 @@ def test_case11_server_child_ends_when_its_parent_is_killed():
             break
         time.sleep(0.1)
     assert not _alive(child)
+
+
+# ------------------------------------------------------------------ 5, 6, 8, 12. bounded inputs, paths inside the dataset
+def write_coco(root: Path, polygons: list, file_names: list[str] | None = None) -> tuple[Path, Path, Path]:
+    """Raw COCO with one 8x10 image per polygon (image i+1 holds polygons[i]; file names default inside)."""
+    from PIL import Image
+
+    file_names = file_names or [f"{i + 1}.jpg" for i in range(len(polygons))]
+    images = [{"id": i + 1, "file_name": name, "height": 8, "width": 10} for i, name in enumerate(file_names)]
+    anns = [{"id": i + 1, "image_id": i + 1, "category_id": 1, "segmentation": [p], "iscrowd": 0}
+            for i, p in enumerate(polygons)]
+    caps = [{"image_id": i + 1, "caption": "a dog"} for i in range(len(polygons))]
+    (root / "ann").mkdir(parents=True)
+    (root / "ann/instances.json").write_text(json.dumps({"images": images, "annotations": anns,
+                                                         "categories": [{"id": 1, "name": "dog"}]}))
+    (root / "ann/captions.json").write_text(json.dumps({"images": images, "annotations": caps}))
+    (root / "img").mkdir()
+    for name in file_names:
+        target = Path(name) if Path(name).is_absolute() else root / "img" / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 10, 3), 128, np.uint8)).save(target)
+    return root / "ann/instances.json", root / "ann/captions.json", root / "img"
+
+
+BOX = [6.0, 1.0, 9.0, 1.0, 9.0, 4.0, 6.0, 4.0]
+
+
+def test_case5_nan_polygon_rejected_not_an_empty_object(tmp_path):
+    from stages.ingest.loaders import load_coco
+
+    nan = [float("nan")] * 8
+    result = load_coco(*write_coco(tmp_path, [BOX, nan]))
+    assert [s.sample_id for s in result.samples] == ["000000000001"]
+    (reason,) = [r for _, r in result.rejected]
+    assert "annotation 2: polygon coordinate nan is not finite or beyond the limit of 100000" in reason
+
+
+BOUNDED = """
+import json, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (BUDGET, BUDGET))
+from schemas.errors import DcamError
+from stages.ingest.loaders import load_coco
+from flows.config import load_config
+out = {"rejected": [r for _, r in load_coco(*sys.argv[1:4]).rejected]}
+try:
+    load_config(sys.argv[4])
+except DcamError as e:
+    out["config"] = str(e)
+print(json.dumps(out))
+"""
+
+ALIAS_BOMB = "\n".join(["a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+                        + [f"{b}: &{b} [{', '.join(['*' + a] * 9)}]" for a, b in zip("abcdefgh", "bcdefghi")])
+
+
+def test_cases6_7_huge_coordinates_and_alias_bomb_fail_in_one_line_under_a_memory_cap(tmp_path):
+    """Before: 1e300 or Infinity grew `dcam ingest` to 24 GB (SIGSEGV under a cap); the alias bomb hung."""
+    import subprocess
+    import sys
+
+    coco = write_coco(tmp_path / "coco", [BOX, [1e300] * 8, [float("inf")] * 8, [0, 0, 1e7, 0, 1e7, 1e7]])
+    (tmp_path / "bomb.yaml").write_text(ALIAS_BOMB)
+    budget = 1 << 30  # 1 GiB of address space: the interpreter, numpy, PIL and pycocotools fit
+    proc = subprocess.run([sys.executable, "-c", BOUNDED.replace("BUDGET", str(budget)), *map(str, coco),
+                           str(tmp_path / "bomb.yaml")], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout)
+    assert [r.split(": ", 1)[1] for r in out["rejected"]] == [
+        f"polygon coordinate {v} is not finite or beyond the limit of 100000 (DCAM_MAX_POLYGON_COORD)"
+        for v in ("1e+300", "inf", "10000000.0")]
+    assert out["config"].endswith("more than 100000 YAML nodes once aliases are expanded (DCAM_MAX_YAML_NODES); "
+                                  "refusing it")
+
+
+def test_case7_config_nesting_and_alias_count_limits(tmp_path, monkeypatch):
+    from flows.config import load_config
+
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("name: " + "[" * 100 + "]" * 100)
+    with pytest.raises(DcamError, match="nested deeper than 64 levels \\(DCAM_MAX_NESTING_DEPTH\\)"):
+        load_config(deep)
+    monkeypatch.setenv("DCAM_MAX_YAML_ALIASES", "3")
+    aliases = tmp_path / "aliases.yaml"
+    aliases.write_text("a: &a 1\nb: [*a, *a, *a, *a]\n")
+    with pytest.raises(DcamError, match="more than 3 YAML aliases \\(DCAM_MAX_YAML_ALIASES\\)"):
+        load_config(aliases)
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` and holds no pixels (readers learn the size, then fail)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_case8_huge_image_rejected_before_decoding(tmp_path, monkeypatch):
+    from stages.capture.run import _decode_image
+    from stages.ingest.loaders import load_coco
+
+    inst, caps, img = write_coco(tmp_path, [BOX, BOX, BOX])
+    instances = json.loads(inst.read_text())
+    for i, (w, h) in ((1, (12000, 10000)), (2, (20000, 20000))):
+        (img / f"{i + 1}.jpg").write_bytes(png_header(w, h))
+        instances["images"][i].update(height=h, width=w)
+    inst.write_text(json.dumps(instances))
+    result = load_coco(inst, caps, img)
+    assert [s.sample_id for s in result.samples] == ["000000000001"]
+    (_, ours), (_, pils) = result.rejected
+    assert ours == "image 2.jpg is 12000x10000 = 120000000 pixels, more than the limit of 100000000 " \
+                   "(DCAM_MAX_IMAGE_PIXELS)"
+    assert "image file unreadable: " in pils and "exceeds limit of" in pils  # PIL's own guard (2 x 89M pixels)
+    monkeypatch.setenv("DCAM_MAX_IMAGE_PIXELS", "50")
+    with pytest.raises(DcamError, match="is 10x8 = 80 pixels, more than the limit of 50"):
+        _decode_image((img / "1.jpg").read_bytes(), "1.jpg")
+
+
+def test_case8_steps_beyond_the_limit_refused_before_any_work(adapter, dataset, tmp_path):
+    with pytest.raises(DcamError, match="steps: 100000 is more than the limit of 4096 \\(DCAM_MAX_STEPS\\)"):
+        capture_dataset(dataset, tmp_path / "store", adapter=adapter, model_spec="toy",
+                        config=CaptureConfig(layers=(1,), steps=100000, block_length=GEN))
+    assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize("name", ["../outside.jpg", "sub/../../outside.jpg", "ABSOLUTE"])
+def test_case12_image_paths_outside_the_dataset_refused_unless_allowed(tmp_path, name):
+    from stages.ingest.loaders import load_dataset
+
+    outside = tmp_path / "outside.jpg"
+    name = str(outside) if name == "ABSOLUTE" else name
+    inst, caps, img = write_coco(tmp_path / "coco", [BOX, BOX], ["1.jpg", name])
+    if not outside.exists():
+        shutil.copyfile(img / "1.jpg", outside)
+    result = load_dataset(inst, captions=caps, images=img)
+    assert [s.sample_id for s in result.samples] == ["000000000001"]
+    assert result.rejected == [("000000000002", f"image path {name!r} lies outside the dataset folder {img}; pass "
+                                                "--allow-outside-paths (or set DCAM_ALLOW_OUTSIDE_PATHS=1) to read it")]
+    allowed = load_dataset(inst, captions=caps, images=img, allow_outside_paths=True)
+    assert [s.sample_id for s in allowed.samples] == ["000000000001", "000000000002"]

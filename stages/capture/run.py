@@ -12,6 +12,7 @@ import hashlib
 import io
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -19,6 +20,7 @@ import numpy as np
 
 from schemas.capture import KIND, SCHEMA_VERSION, CaptureStore, written_by_dcam
 from schemas.errors import DcamError
+from schemas.limits import check_pixels, limits
 from schemas.lock import exclusive, store_lock_path
 from schemas.manifest import InputRef, SampleStatus, StageManifest, digest_files, digest_json, read_manifest
 from stages.capture.core import CaptureConfig, capture_sample
@@ -39,9 +41,12 @@ def _decode_image(data: bytes, path: str) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as e:
+        with warnings.catch_warnings():  # PIL warns above 89M pixels; the limit decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                check_pixels(im.height, im.width, f"image {path}")  # before decoding
+                return np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
         raise DcamError(f"unreadable image {path}: {e}") from None
 
 
@@ -101,6 +106,7 @@ def capture_dataset(
     finalize_store: bool = True,
     retry_failed: bool = True,
     lock_wait: float = 0.0,
+    allow_outside_paths: bool | None = None,
 ) -> StageManifest | None:
     """Capture every sample of the dataset at ``data`` into the store at ``out``.
 
@@ -127,6 +133,8 @@ def capture_dataset(
     lock_wait : float
         Seconds to wait while another process writes the store (``math.inf``: until it ends); 0 refuses
         at once (:func:`schemas.lock.exclusive`).
+    allow_outside_paths : bool, optional
+        As :func:`stages.ingest.loaders.load_dataset`.
 
     Raises
     ------
@@ -136,6 +144,8 @@ def capture_dataset(
     from stages.dmllm.sampler import validate_schedule
     from stages.ingest.loaders import load_dataset
 
+    if config.steps > limits().steps:
+        raise DcamError(f"steps: {config.steps} is more than the limit of {limits().steps} (DCAM_MAX_STEPS)")
     try:  # a configuration error fails the run at once, not every sample
         validate_schedule(gen_length=adapter.gen_length, steps=config.steps, block_length=config.block_length,
                           temperature=config.temperature, remasking=config.remasking)
@@ -143,7 +153,7 @@ def capture_dataset(
         raise DcamError(f"sampler settings: {e} (generation length {adapter.gen_length})") from None
     t0 = time.perf_counter()
     out = Path(out)
-    samples, rejected = load_dataset(data, limit=limit)
+    samples, rejected = load_dataset(data, limit=limit, allow_outside_paths=allow_outside_paths)
     if sample_ids is not None:
         wanted = set(sample_ids)
         samples = [s for s in samples if s.sample_id in wanted]

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -40,6 +41,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from schemas.errors import DcamError
+from schemas.limits import check_pixels, limits
 from schemas.outdir import prepare_output_dir
 from schemas.manifest import (
     ARTIFACT_SCHEMA_VERSIONS,
@@ -174,19 +176,27 @@ def _read_json(path: Path, what: str = "annotation file") -> Any:
         raise DcamError(f"{path} is malformed JSON at line {e.lineno} column {e.colno} (char {e.pos}): {e.msg}") from None
     except UnicodeDecodeError as e:
         raise DcamError(f"{path} is not UTF-8 text: {e}") from None
+    except RecursionError:
+        raise DcamError(f"{path} is nested deeper than the JSON parser follows; refusing it") from None
 
 
 def _image_size(path: Path, what: str) -> tuple[int, int]:
-    """(H, W) of an image file, reading only its header."""
+    """(H, W) of an image file, reading only its header; one of more pixels than the limit is rejected
+    (:func:`schemas.limits.check_pixels`)."""
     from PIL import Image, UnidentifiedImageError
 
     if not path.is_file():
         raise _Rejected(f"{what} file missing: {path}")
     try:
-        with Image.open(path) as im:
-            w, h = im.size
-    except (UnidentifiedImageError, OSError) as e:
+        with warnings.catch_warnings():  # PIL warns above 89M pixels; the limit below decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+        check_pixels(h, w, f"{what} {path.name}")
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
         raise _Rejected(f"{what} file unreadable: {path}: {e}") from None
+    except DcamError as e:
+        raise _Rejected(str(e)) from None
     return h, w
 
 
@@ -256,8 +266,15 @@ def _normalise_rle(segmentation: Any, height: int, width: int) -> dict:
         polygons = [p for p in segmentation if len(p) >= 6]
         if not polygons:
             raise _Rejected("polygon segmentation has no polygon with >= 3 points")
+        bound = limits().polygon_coordinate
         try:
-            rle = mask_utils.merge(mask_utils.frPyObjects([[float(v) for v in p] for p in polygons], height, width))
+            coords = [[float(v) for v in p] for p in polygons]
+            # pycocotools walks every edge pixel by pixel: a huge coordinate costs gigabytes, NaN an empty mask
+            bad = next((v for p in coords for v in p if not abs(v) <= bound), None)
+            if bad is not None:
+                raise _Rejected(f"polygon coordinate {bad!r} is not finite or beyond the limit of {bound:g} "
+                                "(DCAM_MAX_POLYGON_COORD)")
+            rle = mask_utils.merge(mask_utils.frPyObjects(coords, height, width))
         except (TypeError, ValueError) as e:
             raise _Rejected(f"polygon segmentation does not convert: {e}") from None
     elif isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
@@ -360,6 +377,17 @@ def _caption(text: Any, where: str) -> str:
     if not text.strip():
         raise _Rejected(f"{where} is empty")
     return text
+
+
+def _inside(base: Path, name: str, what: str, allow: bool) -> Path:
+    """``base / name``, refused (that sample) when the name leaves ``base`` (absolute, or climbing out with
+    ``..``) unless ``allow``. Lexical: a symbolic link the dataset's owner placed inside is followed."""
+    path = Path(base) / name
+    root = os.path.normpath(os.path.abspath(base))
+    if not allow and os.path.commonpath([root, os.path.normpath(os.path.abspath(path))]) != root:
+        raise _Rejected(f"{what} path {name!r} lies outside the dataset folder {base}; pass --allow-outside-paths "
+                        "(or set DCAM_ALLOW_OUTSIDE_PATHS=1) to read it")
+    return path
 
 
 def _check_size(declared: tuple[int, int], actual: tuple[int, int], what: str) -> None:
@@ -556,7 +584,8 @@ def load_synthetic(root: str | os.PathLike, *, limit: int | None = None) -> Load
 
 
 def load_coco(
-    instances: str | os.PathLike, captions: str | os.PathLike, images: str | os.PathLike, *, limit: int | None = None
+    instances: str | os.PathLike, captions: str | os.PathLike, images: str | os.PathLike, *, limit: int | None = None,
+    allow_outside_paths: bool = False,
 ) -> LoadResult:
     """Load raw COCO 2014/2017 annotations.
 
@@ -583,7 +612,8 @@ def load_coco(
     records = _coco_records(
         _read_json(instances, "instances file"), _read_json(captions, "captions file"),
         instances_path=instances, captions_path=captions,
-        image_path=lambda im: images / str(im["file_name"]), seg_path=None, source="coco",
+        image_path=lambda im: _inside(images, str(im["file_name"]), "image", allow_outside_paths),
+        seg_path=None, source="coco",
     )
     return _collect(records, limit, file=instances.name, items="images")
 
@@ -601,7 +631,8 @@ def _grandf_list(data: Any, path: Path) -> list:
     raise DcamError(f"{path} is not a GranDf file: expected a list of records or an object holding one list")
 
 
-def load_grandf(path: str | os.PathLike, *, images: str | os.PathLike | None = None, limit: int | None = None) -> LoadResult:
+def load_grandf(path: str | os.PathLike, *, images: str | os.PathLike | None = None, limit: int | None = None,
+                allow_outside_paths: bool = False) -> LoadResult:
     """Load GLaMM's GranDf GCG annotations.
 
     Parameters
@@ -630,7 +661,7 @@ def load_grandf(path: str | os.PathLike, *, images: str | os.PathLike | None = N
     def builder(record: dict, name: str) -> Callable[[], Sample]:
         def build() -> Sample:
             height, width = int(record["height"]), int(record["width"])
-            image = image_dir / name
+            image = _inside(image_dir, name, "image", allow_outside_paths)
             _check_size((height, width), _image_size(image, "image"), f"image {name}")
             caption = _caption(record["caption"], "caption")
             groundings = record["groundings"]
@@ -671,7 +702,7 @@ def load_grandf(path: str | os.PathLike, *, images: str | os.PathLike | None = N
 # ------------------------------------------------------------------------------------------- TAM anno
 
 
-def load_tam_anno(path: str | os.PathLike, *, limit: int | None = None) -> LoadResult:
+def load_tam_anno(path: str | os.PathLike, *, limit: int | None = None, allow_outside_paths: bool = False) -> LoadResult:
     """Load TAM's ``anno.json`` (GranDf, OpenPSG in TAM's formatted data).
 
     Parameters
@@ -699,7 +730,8 @@ def load_tam_anno(path: str | os.PathLike, *, limit: int | None = None) -> LoadR
             if not isinstance(entry, list) or len(entry) != 4:
                 raise _Rejected("entry is not [image, caption, seg, categories]")
             image_rel, caption, seg_rel, category_dict = entry
-            image, seg = root / str(image_rel), root / str(seg_rel)
+            image = _inside(root, str(image_rel), "image", allow_outside_paths)
+            seg = _inside(root, str(seg_rel), "mask", allow_outside_paths)
             height, width = _image_size(image, "image")
             _check_size((height, width), _image_size(seg, "mask"), f"mask {seg.name}")
             caption = _caption(caption, "caption")
@@ -810,6 +842,7 @@ def load_dataset(
     instances: str | os.PathLike | None = None,
     captions: str | os.PathLike | None = None,
     images: str | os.PathLike | None = None,
+    allow_outside_paths: bool | None = None,
 ) -> LoadResult:
     """Load any supported dataset (:data:`FORMATS`), detecting the format unless ``fmt`` is given.
 
@@ -823,23 +856,30 @@ def load_dataset(
         Read at most this many records.
     instances, captions, images : str or os.PathLike, optional
         Raw COCO files (``images`` is also GranDf's image directory).
+    allow_outside_paths : bool, optional
+        Read images and masks that the annotations place outside the dataset folder (an absolute path, or
+        one climbing out with ``..``); otherwise such a sample is rejected. Default: whether the environment
+        sets ``DCAM_ALLOW_OUTSIDE_PATHS=1``.
 
     Returns
     -------
     LoadResult
     """
+    if allow_outside_paths is None:
+        allow_outside_paths = os.environ.get("DCAM_ALLOW_OUTSIDE_PATHS") == "1"
+    outside = {"allow_outside_paths": allow_outside_paths}
     fmt = _resolve_format(path, fmt, instances)
     if fmt == "coco":
         instances = instances if instances is not None else path
         if instances is None or captions is None or images is None:
             raise DcamError("raw COCO needs the instances JSON (PATH or --instances), --captions and --images")
-        return load_coco(instances, captions, images, limit=limit)
+        return load_coco(instances, captions, images, limit=limit, **outside)
     if path is None:
         raise DcamError(f"format {fmt} needs a dataset PATH")
     if fmt == "grandf":
-        return load_grandf(path, images=images, limit=limit)
+        return load_grandf(path, images=images, limit=limit, **outside)
     if fmt == "tam-anno":
-        return load_tam_anno(path, limit=limit)
+        return load_tam_anno(path, limit=limit, **outside)
     if fmt == "synthetic":
         return load_synthetic(path, limit=limit)
     if fmt == "ingested":
@@ -867,6 +907,7 @@ def ingest(
     instances: str | os.PathLike | None = None,
     captions: str | os.PathLike | None = None,
     images: str | os.PathLike | None = None,
+    allow_outside_paths: bool | None = None,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> StageManifest:
@@ -879,7 +920,7 @@ def ingest(
 
     Parameters
     ----------
-    path, fmt, limit, instances, captions, images
+    path, fmt, limit, instances, captions, images, allow_outside_paths
         As :func:`load_dataset`.
     out_dir : str or os.PathLike
         Created if missing; must be empty unless ``overwrite``.
@@ -895,7 +936,8 @@ def ingest(
     started = time.perf_counter()
     out = Path(out_dir)
     fmt = _resolve_format(path, fmt, instances)
-    result = load_dataset(path, fmt=fmt, limit=limit, instances=instances, captions=captions, images=images)
+    result = load_dataset(path, fmt=fmt, limit=limit, instances=instances, captions=captions, images=images,
+                          allow_outside_paths=allow_outside_paths)
     loaded = time.perf_counter()
     _prepare_out(out, overwrite=overwrite)
     (out / MASKS_DIR).mkdir()
