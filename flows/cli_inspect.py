@@ -18,7 +18,12 @@ def inspect_capture(path: Path) -> dict:
     problems: list[str] = []
     samples = []
     for sid in store.sample_ids():
-        s = store.sample(sid)
+        try:
+            s = store.sample(sid)  # its attributes checked against its digests ('--verify': every array too)
+        except DcamError as e:
+            problems.append(str(e))
+            samples.append({"sample_id": sid, "status": "damaged", "reason": str(e), "bytes": store.disk_bytes(sid)})
+            continue
         row = {"sample_id": sid, "status": s.attrs.get("status"), "bytes": store.disk_bytes(sid)}
         if not s.ok:
             row["reason"] = s.attrs.get("reason")

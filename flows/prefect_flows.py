@@ -234,7 +234,9 @@ FLOWS = {"pipeline": pipeline_flow, "capture": capture_flow, "explain": explain_
 
 
 def with_runner(flow_obj, cfg: RunConfig):
-    return flow_obj.with_options(task_runner=_runner(cfg), result_storage=P.artifact_root(cfg).local / ".prefect-results")
+    """The flow with the config's task runner; its results (and its tasks') persisted as JSON, never pickles."""
+    return flow_obj.with_options(task_runner=_runner(cfg), result_storage=P.artifact_root(cfg).local / ".prefect-results",
+                                 result_serializer="json")
 
 
 @contextlib.contextmanager

@@ -133,10 +133,12 @@ def temporary_dir(final: str | os.PathLike) -> Iterator[Path]:
     unlocked; the lock follows it through a rename into place. Its removal is the caller's.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     fresh = final.parent / f".{final.name}.new-{tag}"
-    fresh.mkdir()
+    try:
+        fresh.mkdir(parents=True)
+    except OSError as e:  # a read-only folder
+        raise DcamError(f"cannot write in {final.parent}: {e.strerror}") from None
     fd = os.open(fresh, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

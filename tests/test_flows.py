@@ -367,7 +367,8 @@ def test_s3_root_errors_are_one_line(s3, tmp_path, tiny_model, monkeypatch, caps
 
 
 def test_run_error_is_one_line_naming_the_log_of_tracebacks(harness, tmp_path, tiny_model, capsys):
-    """Issue 13: Prefect's task tracebacks go to ROOT/.logs, not before the one-line error."""
+    """Issue 13: Prefect's task tracebacks go to ROOT/.logs, not before the one-line error; results are JSON,
+    not pickles (the failed state's exception included)."""
     from flows.cli import main
 
     cfg = make_config(tmp_path, tiny_model, capture={"model": f"toy:{tmp_path / 'no-model'}", "steps": 4})
@@ -379,4 +380,6 @@ def test_run_error_is_one_line_naming_the_log_of_tracebacks(harness, tmp_path, t
     assert line.startswith("dcam: error: toy model: ") and "(Prefect's log: " in line
     log = Path(line.rsplit("(Prefect's log: ", 1)[1].rstrip(")"))
     assert log.parent == Path(cfg.root) / ".logs" and "Traceback" in log.read_text()
+    results = [json.loads(p.read_text()) for p in (Path(cfg.root) / ".prefect-results").iterdir()]  # JSON, all
+    assert results and all(r.get("metadata", {}).get("serializer", {}).get("type", "json") == "json" for r in results)
 

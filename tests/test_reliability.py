@@ -558,3 +558,75 @@ def test_case12_image_paths_outside_the_dataset_refused_unless_allowed(tmp_path,
                                                 "--allow-outside-paths (or set DCAM_ALLOW_OUTSIDE_PATHS=1) to read it")]
     allowed = load_dataset(inst, captions=caps, images=img, allow_outside_paths=True)
     assert [s.sample_id for s in allowed.samples] == ["000000000001", "000000000002"]
+
+
+# ------------------------------------------------------------------ 15. no credentials in a run config
+@pytest.mark.parametrize("over, where", [
+    ({"storage_options": {"username": "u", "password": "p"}}, "storage_options.password"),
+    ({"storage_options": {"client_kwargs": {"aws_secret_access_key": "s"}}},
+     "storage_options.client_kwargs.aws_secret_access_key"),
+    ({"storage_options": {"endpoint_url": "http://user:pass@127.0.0.1:9000"}},
+     "storage_options.endpoint_url (user information in a URL)"),
+    ({"root": "s3://AKIA:secret@bucket/prefix"}, "root (user information in a URL)"),
+])
+def test_case15_credential_like_options_refused(tmp_path, over, where):
+    import yaml
+
+    from flows.config import load_config
+
+    cfg = {"root": "s3://bucket/prefix", "dataset": {"synth": {"count": 1}}, **over}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(DcamError, match=f"{path}: {where.split(' ')[0]}.*put credentials in the environment"):
+        load_config(path)
+
+
+def test_case15_profile_and_plain_endpoint_allowed(tmp_path):
+    from flows.config import RunConfig
+
+    cfg = RunConfig.model_validate({"root": "s3://bucket/prefix", "dataset": {"synth": {"count": 1}},
+                                    "storage_options": {"profile": "dev", "endpoint_url": "http://127.0.0.1:9000",
+                                                        "client_kwargs": {"region_name": "eu-west-1"}}})
+    assert cfg.storage_options["profile"] == "dev"
+
+
+# ------------------------------------------------------------------ 16. real-model loaders read safetensors only
+@pytest.mark.parametrize("family", ["llada-v", "lavida-llada"])
+def test_case16_llava_family_loaders_ask_for_safetensors(tmp_path, monkeypatch, family):
+    import sys
+    import types
+
+    from stages.capture.registry import load_adapter
+
+    seen = {}
+
+    def load_pretrained_model(*args, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stop here")
+
+    builder = types.ModuleType("llava.model.builder")
+    builder.load_pretrained_model = load_pretrained_model
+    monkeypatch.setitem(sys.modules, "llava.model.builder", builder)
+    monkeypatch.setenv("LAVIDA_VISION_TOWER", str(tmp_path))
+    with pytest.raises(DcamError, match="loader failed .*stop here"):
+        load_adapter(f"{family}:{tmp_path}", device="cpu")
+    assert seen["use_safetensors"] is True
+
+
+# ------------------------------------------------------------------ one line, before any work, for a bad config
+@pytest.mark.parametrize("explain, message", [
+    ({"presets": ["no-such-preset"]}, "explain: unknown preset 'no-such-preset'"),
+    ({"presets": [], "chains": [{"name": "c", "base": "gradcam", "modules": ["akd", "blur"]}]},
+     "chain 'c': unknown module 'blur'; known modules: akd, "),
+    ({"presets": [], "chains": [{"name": "c", "base": "no-cam", "modules": []}]}, "chain 'c': unknown base method"),
+])
+def test_unknown_chain_names_refused_when_the_config_loads(tmp_path, explain, message):
+    import yaml
+
+    from flows.config import load_config
+
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"root": str(tmp_path / "root"), "dataset": {"synth": {"count": 1}},
+                                    "explain": explain}))
+    with pytest.raises(DcamError, match=f"^{path}: {message}"):
+        load_config(path)
