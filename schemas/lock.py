@@ -118,7 +118,7 @@ def exclusive(path: str | os.PathLike, *, what: str, wait: float = 0.0) -> Itera
 
 def store_lock_path(store: str | os.PathLike) -> Path:
     """The lock file of an artifact directory: beside it, so it exists before the directory does."""
-    store = Path(store)
+    store = Path(store).resolve()
     return store.parent / f".{store.name}.lock"
 
 

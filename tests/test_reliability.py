@@ -630,3 +630,27 @@ def test_unknown_chain_names_refused_when_the_config_loads(tmp_path, explain, me
                                     "explain": explain}))
     with pytest.raises(DcamError, match=f"^{path}: {message}"):
         load_config(path)
+
+
+def test_sample_written_before_array_digests_is_verified_by_its_bytes(tmp_path):
+    """A store written before per-array digests: the sample digest was one sha256 stream over each array's
+    'name:dtype:shape' and bytes (top-level arrays by name, then each layer's), then the sorted attributes."""
+    import hashlib
+
+    import zarr
+
+    a, b = np.arange(3, dtype=np.int16), np.ones((2, 2), np.float32)
+    store = CaptureStore.create(tmp_path / "s", config={"k": 1})
+    store.write_sample("x", arrays={"a": a}, layer_arrays={1: {"b": b}}, attrs={"status": "ok", "n": 1})
+    h = hashlib.sha256()
+    for name, arr in (("a", a), ("L1/b", b)):
+        h.update(f"{name}:{arr.dtype.str}:{arr.shape}".encode() + arr.tobytes())
+    h.update(json.dumps({"n": 1, "status": "ok"}, sort_keys=True).encode())
+    group = zarr.open_group(str(tmp_path / "s" / "samples" / "x"), mode="a", zarr_format=3)
+    attrs = {k: v for k, v in group.attrs.items() if k != "array_digests"}
+    attrs["digest"] = h.hexdigest()
+    group.attrs.put(attrs)  # as the old writer left it
+    assert CaptureStore.open(tmp_path / "s").sample("x").attrs["digest"] == h.hexdigest()
+    group.attrs["n"] = 2
+    with pytest.raises(IntegrityError, match="sample x does not match its recorded digest"):
+        CaptureStore.open(tmp_path / "s").sample("x")
