@@ -185,9 +185,9 @@ def inspect(
 
     For a capture store: samples, per-sample status (failed ones with their reason), steps, feasible steps,
     layers, grid, targets and bytes on disk. Exit status 1 if validation found problems. ``--verify``
-    recomputes the digests instead (``--deep``: of the whole lineage) and prints one line per mismatch. At a URL root only
-    the manifests are read (the artifact's and its lineage's); the endpoint and credentials come from the
-    environment (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...).
+    recomputes the digests instead (``--deep``: of the whole lineage) and prints one line per mismatch. At a
+    URL root only the manifests are read (the artifact's and its lineage's); the endpoint and credentials come
+    from the environment (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...).
     """
     from schemas.storage import is_url
 

@@ -79,13 +79,14 @@ def model_digest(spec: str) -> str:
 def _reusable(store: CaptureStore, sample_id: str, inputs: str, *, retry_failed: bool) -> bool:
     """True when the store holds ``sample_id`` whole, captured from the same inputs (and ok, or failed and
     not to be retried). A damaged or incomplete sample is not: it is captured again."""
-    if not store.is_complete(sample_id):
+    # the inputs first: a sample of other inputs (or of a store from before input digests) is redone unread
+    if not store.is_complete(sample_id) or store._samples()[sample_id].attrs.get("input_digest") != inputs:
         return False
     try:
         sample = store.sample(sample_id)
     except DcamError:
         return False
-    return sample.attrs.get("input_digest") == inputs and (sample.ok or not retry_failed)
+    return sample.ok or not retry_failed
 
 
 def _is_oom(e: BaseException) -> bool:
