@@ -177,6 +177,12 @@ def test_damaged_sample_group_is_recaptured_not_fatal(store, adapter, dataset, t
     out = copy_store(store, tmp_path)
     sid = ok_ids(out)[0]
     (out / "samples" / sid / "zarr.json").write_text("{not json")
+    (problem,) = verify_artifact(out)
+    assert f"sample {sid}: its group is damaged" in problem
+    from stages.explain.select import run_select
+
+    selection = {s.sample_id: s for s in run_select(out, tmp_path / "sel").samples}
+    assert selection[sid].status == "failed" and "its group is damaged" in selection[sid].reason
     statuses = capture(dataset, out, adapter)
     assert statuses[sid] == "ok" and list(statuses.values()).count("skipped") == len(statuses) - 1
     assert verify_artifact(out) == []
