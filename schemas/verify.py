@@ -25,14 +25,10 @@ def mismatch(what: str, recorded: str, found: str) -> IntegrityError:
     return IntegrityError(f"{what} does not match its recorded digest (recorded {recorded[:12]}, found {found[:12]})")
 
 
-#: Artifacts verified by this process: (path, kind, files' sizes and mtimes) -> manifest, so a stage
-#: reading one artifact many times (a dataset, once per chain) hashes it once while no file changed.
+#: Artifacts verified by this process: (path, kind, manifest's mtime) -> manifest. A published artifact is
+#: immutable, so a run reading one many times (a dataset, once per chain and shard) hashes it once; a later
+#: run (another process) hashes it again.
 _VERIFIED: dict[tuple[str, str | None, int], StageManifest] = {}
-
-
-def _stat_signature(path: Path) -> int:
-    return hash(tuple(sorted((str(p), st.st_size, st.st_mtime_ns)
-                             for p in path.rglob("*") if p.is_file() for st in [p.stat()])))
 
 
 def verified_manifest(path: str | Path, kind: str | None = None) -> StageManifest | None:
@@ -57,7 +53,7 @@ def verified_manifest(path: str | Path, kind: str | None = None) -> StageManifes
         if manifest is None:
             raise DcamError(f"{path}: the capture run did not finish (no {MANIFEST_FILE}); rerun 'dcam capture'")
         return manifest
-    key = (str(path.resolve()), kind, _stat_signature(path))
+    key = (str(path.resolve()), kind, (path / MANIFEST_FILE).stat().st_mtime_ns)
     if key in _VERIFIED:
         return _VERIFIED[key]
     manifest = read_manifest(path, kind)
