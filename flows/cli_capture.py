@@ -26,6 +26,7 @@ def capture(
     limit: int = typer.Option(None, "--limit", help="Capture only the first N samples."),
     store_grads: bool = typer.Option(False, "--store-grads", help="Also store full per-position gradients (T x N x D per step; large)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing capture store at --out first."),
+    allow_outside_paths: bool = typer.Option(False, "--allow-outside-paths", help="Read images the annotations place outside the dataset folder (absolute, or with ..); refused per sample otherwise."),
 ) -> None:
     """Run the model's masked-diffusion sampler, hook blocks, and store activations and gradients.
 
@@ -79,7 +80,8 @@ def capture(
             advance(1, f"ok {counts['ok']} failed {counts['failed']} skipped {counts['skipped']}")
 
         manifest = capture_dataset(data, out, adapter=adapter, model_spec=model, config=config, limit=limit,
-                                   overwrite=overwrite, on_sample=on_sample)
+                                   overwrite=overwrite, on_sample=on_sample,
+                                   allow_outside_paths=allow_outside_paths or None)
     typer.echo(
         f"captured {manifest.n_ok} samples, {manifest.n_failed} failed ({counts['skipped']} already complete) "
         f"-> {out}  [{config.mode}, layers {list(config.layers)}, {config.steps} steps]"

@@ -18,7 +18,12 @@ def inspect_capture(path: Path) -> dict:
     problems: list[str] = []
     samples = []
     for sid in store.sample_ids():
-        s = store.sample(sid)
+        try:
+            s = store.sample(sid)  # its attributes checked against its digests ('--verify': every array too)
+        except DcamError as e:
+            problems.append(str(e))
+            samples.append({"sample_id": sid, "status": "damaged", "reason": str(e), "bytes": store.disk_bytes(sid)})
+            continue
         row = {"sample_id": sid, "status": s.attrs.get("status"), "bytes": store.disk_bytes(sid)}
         if not s.ok:
             row["reason"] = s.attrs.get("reason")
@@ -171,16 +176,26 @@ def inspect(
     path: str = typer.Argument(..., help="An artifact directory (capture store, selection, maps, scores, report, "
                                          "dataset), or its URL at a URL root (s3://bucket/prefix/<stage>/<key>)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a summary."),
+    verify: bool = typer.Option(False, "--verify", help="Recompute every digest the artifact records (a capture "
+                                "store: every array of every sample) and print one line per problem."),
+    deep: bool = typer.Option(False, "--deep", help="With --verify: also verify the artifacts it was computed from, "
+                              "back to the dataset, and that each still has the digest recorded for it."),
 ) -> None:
     """Summarise and validate an artifact against its schema, and show its lineage back to the dataset.
 
     For a capture store: samples, per-sample status (failed ones with their reason), steps, feasible steps,
-    layers, grid, targets and bytes on disk. Exit status 1 if validation found problems. At a URL root only
-    the manifests are read (the artifact's and its lineage's); the endpoint and credentials come from the
-    environment (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...).
+    layers, grid, targets and bytes on disk. Exit status 1 if validation found problems. ``--verify``
+    recomputes the digests instead (``--deep``: of the whole lineage) and prints one line per mismatch. At a
+    URL root only the manifests are read (the artifact's and its lineage's); the endpoint and credentials come
+    from the environment (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...).
     """
     from schemas.storage import is_url
 
+    if deep and not verify:
+        raise DcamError("--deep applies to --verify; pass both")
+    if verify:
+        verify_command(path, deep=deep)
+        return
     if is_url(path):
         info = inspect_remote(path)
     else:
@@ -193,6 +208,23 @@ def inspect(
         _print_summary(info)
     if info["problems"]:
         raise typer.Exit(1)
+
+
+def verify_command(path: str, *, deep: bool) -> None:
+    """``dcam inspect PATH --verify``: one line per problem and exit status 1, or one line saying it is intact."""
+    from schemas.storage import is_url
+    from schemas.verify import verify_artifact
+
+    if is_url(path):
+        raise DcamError(f"--verify reads every data file: run it on a local copy of {path} (its mirror)")
+    if not Path(path).exists():
+        raise DcamError(f"{path} does not exist")
+    problems = verify_artifact(path, deep=deep)
+    for line in problems:
+        typer.echo(f"problem: {line}")
+    if problems:
+        raise typer.Exit(1)
+    typer.echo(f"verified: {path}{' and its inputs' if deep else ''}: every digest matches")
 
 
 def _print_summary(info: dict) -> None:

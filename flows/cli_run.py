@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import typer
@@ -78,7 +79,9 @@ def run(
     """Run a Prefect flow from a run configuration; stage outputs are cached by content.
 
     A second identical run reports every stage 'cached'; changing one module's parameter recomputes that module
-    and the stages after it. Starts a temporary Prefect server unless PREFECT_API_URL points at one.
+    and the stages after it. Starts a temporary Prefect server unless PREFECT_API_URL points at one, and
+    stops it when the run ends or dies. Prefect's own log (tracebacks included) goes to ROOT/.logs/; an error
+    is one line that names that file.
     """
     from flows.config import load_config
 
@@ -93,13 +96,22 @@ def run(
 
     root = artifact_root(cfg)
     root.check()  # a missing bucket, backend or endpoint fails here, in one line, before Prefect starts
-    from flows.prefect_flows import FLOWS, with_runner
+    from flows.prefect_flows import FLOWS, logs_to_file, temporary_server, with_runner
 
     f = with_runner(FLOWS[flow], cfg)
     kwargs = {"config": cfg.model_dump()}
     if flow == "explain" and store is not None:
         kwargs["store"] = str(store)
-    result = f(**kwargs)
+    log = root.local / ".logs" / f"run-{flow}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
+    try:
+        with logs_to_file(log), temporary_server(log):
+            result = f(**kwargs)
+    except DcamError as e:  # the one line the user sees; Prefect's tracebacks are in the log
+        e.args = (f"{e} (Prefect's log: {log})",)
+        raise
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise DcamError(f"the {flow} flow failed: {type(e).__name__}: {first} (tracebacks in {log})") from None
     stages = result.get("stage_results", result.get("stages", []))
     if root.remote:  # where each output is at the root; "path" stays the local mirror's
         stages = [{**s, "url": root.url_of(s["path"])} if s.get("path") else s for s in stages]

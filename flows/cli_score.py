@@ -104,6 +104,7 @@ def ingest_command(
     captions: Optional[Path] = typer.Option(None, "--captions", help="Raw COCO: captions JSON."),
     images: Optional[Path] = typer.Option(None, "--images", help="Raw COCO or GranDf: image directory."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier ingest in --out."),
+    allow_outside_paths: bool = typer.Option(False, "--allow-outside-paths", help="Read images and masks the annotations place outside the dataset folder (absolute, or with ..); refused per sample otherwise."),
 ) -> None:
     """Read a dataset (COCO-TAM, raw COCO, GranDf, TAM anno.json, synthetic) into the normalised sample manifest."""
     from flows.progress import progress_bar
@@ -114,7 +115,8 @@ def ingest_command(
         raise UsageError(f"dataset not found: {path}")
     with progress_bar("ingest", None) as bar:
         manifest = ingest(path, out, fmt=fmt, limit=limit, instances=instances, captions=captions, images=images,
-                          overwrite=overwrite, progress=lambda done, total: bar.update(done, total))
+                          allow_outside_paths=allow_outside_paths or None, overwrite=overwrite,
+                          progress=lambda done, total: bar.update(done, total))
     typer.echo(f"loaded {manifest.n_ok} samples, rejected {manifest.n_failed} -> {out}")
     for status in manifest.failed()[:SHOWN_REASONS]:
         typer.echo(f"  rejected {status.sample_id}: {status.reason}")

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.errors import DcamError
+from schemas.limits import check_yaml
 
 
 class SynthSpec(BaseModel):
@@ -119,7 +120,8 @@ class RunConfig(BaseModel):
                       description="artifact root: a local directory or an fsspec URL such as s3://bucket/prefix")
     storage_options: dict[str, Any] | None = Field(
         None, description="fsspec/s3fs options of a URL root, e.g. {endpoint_url: http://127.0.0.1:9000}; "
-                          "keep credentials in the environment (AWS_ACCESS_KEY_ID, ...), not here")
+                          "keep credentials in the environment (AWS_ACCESS_KEY_ID, ...), not here: any option "
+                          "of CREDENTIAL_KEYS, or a URL with user:password@, is refused")
     cache_dir: str | None = Field(None, description="where the local mirror of a URL root lives "
                                                     "(default $DCAM_CACHE_DIR, else ~/.cache/dcam)")
     dataset: DatasetSpec
@@ -141,12 +143,50 @@ class RunConfig(BaseModel):
 
         if self.storage_options is not None and not is_url(self.root):
             raise ValueError(f"storage_options apply to a URL root (s3://bucket/prefix), not the local root {self.root!r}")
-        for key in ("key", "secret", "token"):
-            if self.storage_options and self.storage_options.get(key):
-                raise ValueError(f"storage_options.{key}: put credentials in the environment (AWS_ACCESS_KEY_ID, "
-                                 "AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN or AWS_PROFILE), not in the run config: "
-                                 "the config is recorded as flow parameters")
+        found = credentials_in({"root": self.root, "dask_address": self.dask_address,
+                                "storage_options": self.storage_options})
+        if found:
+            raise ValueError(f"{found[0]}: put credentials in the environment (AWS_ACCESS_KEY_ID, "
+                             "AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN or AWS_PROFILE), not in the run config: "
+                             "the config is recorded as flow parameters")
         return self
+
+
+#: Option names that carry credentials in s3fs, botocore, gcsfs, adlfs and HTTP clients (compared in lower
+#: case, at any depth of ``storage_options``): a run config holding one is refused, as it is recorded as
+#: Prefect flow parameters. Profiles and endpoints (``profile``, ``endpoint_url``) are not credentials.
+CREDENTIAL_KEYS = frozenset({
+    "key", "secret", "token", "username", "user", "password", "passwd", "access_key", "secret_key",
+    "aws_access_key_id", "aws_secret_access_key", "aws_session_token", "session_token", "security_token",
+    "account_key", "sas_token", "connection_string", "client_secret", "credentials", "refresh_token",
+    "api_key", "private_key", "passphrase", "authorization", "auth",
+})
+
+
+def credentials_in(value: Any, where: str = "") -> list[str]:
+    """Where ``value`` (a config fragment) holds a credential: a key of :data:`CREDENTIAL_KEYS` with a value,
+    or a URL with user information (``https://user:pass@host``). Returns dotted paths."""
+    from urllib.parse import urlsplit
+
+    found = []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            path = f"{where}.{k}" if where else str(k)
+            if str(k).lower() in CREDENTIAL_KEYS and v not in (None, "", {}, []):
+                found.append(path)
+            else:
+                found += credentials_in(v, path)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            found += credentials_in(v, f"{where}[{i}]")
+    elif isinstance(value, str) and "@" in value and "://" in value:
+        try:
+            has_user = urlsplit(value).username is not None
+        except ValueError:
+            has_user = False
+        if has_user:
+            found.append(f"{where} (user information in a URL)")
+    return found
 
 
 def load_config(path: str | Path) -> RunConfig:
@@ -157,11 +197,13 @@ def load_config(path: str | Path) -> RunConfig:
     if not path.is_file():
         raise DcamError(f"config file {path} not found")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text()
+        check_yaml(text, str(path))  # nesting, aliases and expanded size, before anything is built
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise DcamError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
     try:
-        return RunConfig.model_validate(raw)
+        cfg = RunConfig.model_validate(raw)
     except Exception as e:
         errs = getattr(e, "errors", lambda: [])()
         if errs:
@@ -170,3 +212,30 @@ def load_config(path: str | Path) -> RunConfig:
             msg = str(first.get("msg")).removeprefix("Value error, ")
             raise DcamError(f"{path}: {where}: {msg}" if where else f"{path}: {msg}") from None
         raise DcamError(f"{path}: {e}") from None
+    check_chains(cfg, str(path))
+    return cfg
+
+
+def check_chains(cfg: RunConfig, where: str) -> None:
+    """Refuse unknown presets, base methods and modules now, not after the capture ran.
+
+    Raises
+    ------
+    DcamError
+        Naming the chain and the unknown name (and the known ones).
+    """
+    from flows.pipeline import resolve_chains
+    from stages.gradcam.methods import get_base_method
+    from stages.refine.chain import get_module
+
+    try:
+        chains = resolve_chains(cfg)
+    except DcamError as e:
+        raise DcamError(f"{where}: explain: {e}") from None
+    for chain in chains:
+        try:
+            get_base_method(chain.base)
+            for module in chain.modules:
+                get_module(module)
+        except ValueError as e:
+            raise DcamError(f"{where}: chain {chain.name!r}: {e}") from None

@@ -8,8 +8,8 @@ dicts (paths, digests, computed/cached), never arrays.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import itertools
+import math
 import os
 import time
 from dataclasses import replace
@@ -18,7 +18,7 @@ from typing import Any
 
 from flows.config import ChainOverride, RunConfig
 from schemas.errors import DcamError
-from schemas.manifest import digest_json
+from schemas.lock import exclusive, store_lock_path
 from schemas.storage import ArtifactRoot
 from stages.explain.addressing import artifact_dir, artifact_key, dataset_digest, is_done
 from stages.explain.runner import ChainSpec, chain_from_preset, run_stage
@@ -120,9 +120,21 @@ def shards(ids: list[str], size: int) -> list[list[str]]:
 
 # ------------------------------------------------------------------------------------------- capture
 def _lock_dir() -> Path:
+    """``$DCAM_LOCK_DIR``, default ``<tmp>/dcam-locks`` (made sticky and world-writable like ``/tmp``, as the
+    users of one host share its devices); never a symbolic link."""
     import tempfile
 
-    return Path(os.environ.get("DCAM_LOCK_DIR", Path(tempfile.gettempdir()) / "dcam-locks"))
+    shared = "DCAM_LOCK_DIR" not in os.environ
+    locks = Path(os.environ.get("DCAM_LOCK_DIR", Path(tempfile.gettempdir()) / "dcam-locks"))
+    try:
+        locks.mkdir(parents=True)
+        if shared:
+            os.chmod(locks, 0o1777)
+    except FileExistsError:
+        pass
+    if locks.is_symlink() or not locks.is_dir():
+        raise DcamError(f"lock folder {locks} is not a plain folder (a symbolic link?); refusing to use it")
+    return locks
 
 
 def normalise_device(device: str) -> str:
@@ -133,43 +145,19 @@ def normalise_device(device: str) -> str:
 @contextlib.contextmanager
 def device_lock(device: str):
     """At most one capture at a time per device on this host, across processes and artifact roots
-    (an exclusive file lock under ``$DCAM_LOCK_DIR``, default ``<tmp>/dcam-locks``)."""
-    locks = _lock_dir()
-    locks.mkdir(parents=True, exist_ok=True)
-    with open(locks / f"capture-{normalise_device(device).replace(':', '_')}.lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    (an exclusive file lock under :func:`_lock_dir`, opened without following symbolic links)."""
+    path = _lock_dir() / f"capture-{normalise_device(device).replace(':', '_')}.lock"
+    with exclusive(path, what=f"device {device}", wait=math.inf):
+        yield
 
 
 def capture_config_dict(cfg: RunConfig, dataset: str) -> dict[str, Any]:
+    from stages.capture.run import model_digest  # imports torch
+
     c = cfg.capture.model_dump()
     c.pop("device")  # results do not depend on the device (up to kernel numerics)
     return {"capture": c, "limit": cfg.dataset.limit, "dataset_digest": dataset_digest(dataset),
             "model_digest": model_digest(cfg.capture.model)}
-
-
-def model_digest(spec: str) -> str:
-    """Digest of a model's weights and config: their bytes up to 100 MB, beyond that sizes and times."""
-    from stages.capture.registry import parse_model_spec
-
-    family, path = parse_model_spec(spec)
-    if family == "toy" and path is None:
-        from stages.toy.model import BUNDLED_WEIGHTS
-
-        path = str(BUNDLED_WEIGHTS)
-    p = Path(path)
-    if not p.exists():
-        return digest_json(spec)
-    files = sorted(f for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file())
-    if p.is_dir() and sum(f.stat().st_size for f in files) < 100 * 2**20:
-        from schemas.manifest import digest_files
-
-        return digest_files(p, exclude=())
-    return digest_json([(str(f.relative_to(p) if p.is_dir() else f.name), f.stat().st_size, int(f.stat().st_mtime))
-                        for f in files])
 
 
 def capture_path(cfg: RunConfig, dataset: str) -> Path:
@@ -204,7 +192,7 @@ def capture_shard(cfg: RunConfig, dataset: str, shard: list[str]) -> dict[str, A
             score=c.score, store_grads=c.store_grads,
         )
         capture_dataset(dataset, store, adapter=adapter, model_spec=c.model, config=config, limit=cfg.dataset.limit,
-                        sample_ids=shard, finalize_store=False)
+                        sample_ids=shard, finalize_store=False, lock_wait=math.inf)  # shards of one run take turns
     return {"store": str(store), "status": "computed", "shard": len(shard), "seconds": time.perf_counter() - t0}
 
 
@@ -220,7 +208,8 @@ def finalize_capture(cfg: RunConfig, dataset: str) -> dict[str, Any]:
     # a URL root: the store may be complete in the mirror (an interrupted upload); else finish it here
     m = CaptureStore.open(store).manifest() if is_done(store, "capture") else None
     if m is None:
-        m = finalize(CaptureStore.open(store, mode="a"), data=dataset, seconds=0.0)
+        with exclusive(store_lock_path(store), what=f"capture store {store}", wait=math.inf):
+            m = finalize(CaptureStore.open(store, mode="a"), data=dataset, seconds=0.0)
     root.publish(store)
     return {"store": str(store), "status": "computed", "content_digest": m.content_digest,
             "n_ok": m.n_ok, "n_failed": m.n_failed}
@@ -299,6 +288,7 @@ def faithfulness_stage(root, run: dict[str, Any], *, config, methods=None, devic
 
     from schemas.capture import CaptureStore
     from schemas.storage import as_root, write_text_atomic
+    from stages.capture.run import model_digest
     from stages.faithfulness.run import faithfulness_for_run, load_summary
 
     ar = as_root(root)

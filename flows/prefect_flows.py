@@ -15,8 +15,15 @@ They pass paths and small dicts, never arrays. Two layers of caching:
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
@@ -237,4 +244,94 @@ FLOWS = {"pipeline": pipeline_flow, "capture": capture_flow, "explain": explain_
 
 
 def with_runner(flow_obj, cfg: RunConfig):
-    return flow_obj.with_options(task_runner=_runner(cfg), result_storage=P.artifact_root(cfg).local / ".prefect-results")
+    """The flow with the config's task runner; its results (and its tasks') persisted as JSON, never pickles."""
+    return flow_obj.with_options(task_runner=_runner(cfg), result_storage=P.artifact_root(cfg).local / ".prefect-results",
+                                 result_serializer="json")
+
+
+@contextlib.contextmanager
+def logs_to_file(path: Path) -> Iterator[Path]:
+    """Send what Prefect logs to the terminal (task failures with their tracebacks, server notices) to the
+    file at ``path`` instead, while the context runs; the command's own one-line error names the file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    to_file = logging.FileHandler(path, encoding="utf-8")
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    loggers = [logging.root, *(lg for lg in logging.root.manager.loggerDict.values() if isinstance(lg, logging.Logger))]
+    swapped = []
+    for lg in loggers:
+        for h in list(lg.handlers):
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+                lg.removeHandler(h)
+                lg.addHandler(to_file)
+                swapped.append((lg, h))
+    try:
+        yield path
+    finally:
+        for lg, h in swapped:
+            lg.removeHandler(to_file)
+            lg.addHandler(h)
+        to_file.close()
+
+
+@contextlib.contextmanager
+def temporary_server(log: Path) -> Iterator[None]:
+    """A Prefect server for this command alone, unless ``PREFECT_API_URL`` names one.
+
+    It is this process's child and is stopped when the command ends, and by the kernel when the command
+    dies (SIGKILL included, :func:`flows.env.die_with_parent`), so a killed run leaves no server behind.
+    Its output goes to ``log``.
+
+    Raises
+    ------
+    DcamError
+        If it does not answer within ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS``.
+    """
+    import httpx
+    import prefect
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
+
+    from flows.env import die_with_parent
+    from schemas.errors import DcamError
+
+    if PREFECT_API_URL.value():
+        yield
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/api"
+    with open(log, "ab") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(prefect.__file__).parent.parent), "--factory",
+             "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port), "--log-level",
+             "error", "--lifespan", "on"],
+            env={**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"},
+            stdout=out, stderr=out, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent,
+        )
+    try:
+        deadline = time.monotonic() + float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
+        while True:
+            if server.poll() is not None:
+                raise DcamError(f"the temporary Prefect server exited with status {server.returncode} (its log: {log})")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise DcamError(f"the temporary Prefect server did not answer at {url} (its log: {log})")
+            time.sleep(0.2)
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            yield
+    finally:
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        for worker in (APILogWorker, EventsWorker):  # send what is queued while the server still answers
+            with contextlib.suppress(Exception):
+                worker.drain_all(timeout=10)
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+

@@ -6,6 +6,11 @@ sample is never read as complete: a sample's arrays are written first and its
 attributes, carrying ``complete: true`` and the sample's digest, last. A capture
 that is killed and restarted finds the incomplete groups, deletes them and
 redoes those samples.
+
+Reads are verified: a sample's attributes are checked against its digest (and the
+manifest's record of it) when it is opened, and each array against its own digest
+when it is read; a mismatch raises :class:`~schemas.verify.IntegrityError`, which
+fails that sample only.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from schemas.manifest import (
     write_manifest,
 )
 from schemas.span import SpanLayout
+from schemas.verify import IntegrityError, mismatch
 
 KIND = "capture"
 SCHEMA_VERSION = ARTIFACT_SCHEMA_VERSIONS[KIND]
@@ -38,6 +44,8 @@ SCHEMA_VERSION = ARTIFACT_SCHEMA_VERSIONS[KIND]
 LAYER_ARRAYS = ("acts", "alpha", "alpha_pos", "gxa", "grads")
 #: Sample attributes left out of its digest: they describe the run, not the content.
 VOLATILE_ATTRS = ("timings", "image_path")
+#: Sample attributes that record its digests (and so are not part of them).
+DIGEST_ATTRS = ("digest", "array_digests")
 #: Per-sample arrays outside the layer groups.
 SAMPLE_ARRAYS = ("tokens", "unmask_step", "confidence", "step_feasible", "attr_steps", "act_row", "score", "tam_logits")
 
@@ -85,12 +93,29 @@ class CaptureSample:
         return list(self.attrs.get("layers", []))
 
     def array(self, name: str, layer: int | None = None) -> np.ndarray:
-        """Read one array into memory (``layer`` for the per-layer arrays)."""
+        """Read one array into memory (``layer`` for the per-layer arrays), checked against its digest.
+
+        Raises
+        ------
+        IntegrityError
+            If its chunks do not decode or do not match the digest recorded when it was written.
+        """
         key = f"L{layer}/{name}" if layer is not None else name
         try:
-            return np.asarray(self.group[key][...])
+            node = self.group[key]
         except KeyError:
             raise DcamError(f"sample {self.sample_id} has no array '{key}' in its capture") from None
+        try:
+            arr = np.asarray(node[...])
+        except Exception as e:  # a truncated or foreign chunk fails to decode
+            raise IntegrityError(f"sample {self.sample_id}: array '{key}' is damaged: "
+                                 f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        recorded = self.attrs.get("array_digests", {}).get(key)
+        if recorded is not None:
+            found = array_digest(arr)
+            if found != recorded:
+                raise mismatch(f"sample {self.sample_id}: array '{key}'", recorded, found)
+        return arr
 
     def has(self, name: str, layer: int | None = None) -> bool:
         key = f"L{layer}/{name}" if layer is not None else name
@@ -113,6 +138,7 @@ class CaptureStore:
         self.path = Path(path)
         self.root = root
         self.mode = mode
+        self._listed: dict[str, str] | None = None
 
     # ---------------------------------------------------------------- opening
     @classmethod
@@ -182,23 +208,54 @@ class CaptureStore:
                       if not complete_only or group.attrs.get("complete") is True)
 
     def incomplete_ids(self) -> list[str]:
-        return sorted(name for name, group in self._samples().groups() if group.attrs.get("complete") is not True)
+        """Sample groups that are not complete: interrupted, or damaged so that their attributes do not read."""
+        folder = self.path / "samples"
+        names = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+        return [name for name in names if not self.is_complete(name)]
 
     def is_complete(self, sample_id: str) -> bool:
         try:
             return self._samples()[sample_id].attrs.get("complete") is True
-        except KeyError:
+        except Exception:  # absent (KeyError), or garbage in its zarr.json
             return False
 
     def sample(self, sample_id: str) -> CaptureSample:
+        """A complete sample, its attributes checked against its digest and the manifest's record of it.
+
+        Raises
+        ------
+        IntegrityError
+            If its group is unreadable or its attributes do not match its digests (its arrays are checked
+            as they are read, :meth:`CaptureSample.array`).
+        """
         try:
             g = self._samples()[sample_id]
+            attrs = dict(g.attrs)
         except KeyError:
             raise DcamError(f"capture store {self.path} has no sample {sample_id!r}") from None
-        attrs = dict(g.attrs)
+        except Exception as e:  # garbage in the sample's zarr.json
+            raise IntegrityError(f"sample {sample_id}: its group is damaged: {type(e).__name__}") from None
         if attrs.get("complete") is not True:
             raise DcamError(f"sample {sample_id!r} in {self.path} is incomplete (its capture was interrupted)")
-        return CaptureSample(sample_id, attrs, g)
+        sample = CaptureSample(sample_id, attrs, g)
+        if "array_digests" in attrs:
+            found = sample_digest(attrs["array_digests"], attrs)
+        else:  # written before per-array digests were recorded: hash the arrays themselves
+            found = _legacy_digest(sample)
+        if found != attrs.get("digest"):
+            raise mismatch(f"sample {sample_id}", str(attrs.get("digest")), found)
+        listed = self._listed_digests().get(sample_id)
+        if listed is not None and listed != found:
+            raise mismatch(f"sample {sample_id} (as the manifest lists it)", listed, found)
+        return sample
+
+    def _listed_digests(self) -> dict[str, str]:
+        """The sample digests the manifest of a finished store opened read-only lists (else none)."""
+        if self._listed is None:
+            finished = self.mode == "r" and (self.path / MANIFEST_FILE).is_file()
+            manifest = read_manifest(self.path, KIND) if finished else None
+            self._listed = {s.sample_id: s.digest for s in manifest.samples if s.digest} if manifest else {}
+        return self._listed
 
     def samples(self, *, ok_only: bool = False):
         for sid in self.sample_ids():
@@ -208,8 +265,7 @@ class CaptureStore:
             yield s
 
     def _discard(self, sample_id: str) -> None:
-        if sample_id in set(self._samples().group_keys()):
-            shutil.rmtree(self.path / "samples" / sample_id, ignore_errors=True)
+        shutil.rmtree(self.path / "samples" / sample_id, ignore_errors=True)
 
     def write_sample(
         self,
@@ -222,18 +278,15 @@ class CaptureStore:
         """Write one sample: arrays first, then attributes with ``complete: true``. Returns its digest."""
         self._discard(sample_id)
         g = self._samples().create_group(sample_id)
-        h = hashlib.sha256()
-        for name, arr in sorted(arrays.items()):
-            self._put(g, name, arr, h)
+        digests = {name: self._put(g, name, arr) for name, arr in sorted(arrays.items())}
         for layer, group_arrays in sorted(layer_arrays.items()):
             lg = g.create_group(f"L{layer}")
             for name, arr in sorted(group_arrays.items()):
-                self._put(lg, name, arr, h, prefix=f"L{layer}/")
+                digests[f"L{layer}/{name}"] = self._put(lg, name, arr)
         meta = json.loads(json.dumps(attrs, default=_json_default))
-        content = {k: v for k, v in meta.items() if k not in VOLATILE_ATTRS}
-        h.update(json.dumps(content, sort_keys=True).encode())
-        digest = h.hexdigest()
-        meta.update({"status": meta.get("status", "ok"), "digest": digest, "complete": True})
+        meta["status"] = meta.get("status", "ok")
+        digest = sample_digest(digests, meta)
+        meta.update({"array_digests": digests, "digest": digest, "complete": True})
         g.attrs.update(meta)
         return digest
 
@@ -244,10 +297,9 @@ class CaptureStore:
         return self.write_sample(sample_id, arrays={}, layer_arrays={}, attrs=meta)
 
     @staticmethod
-    def _put(group, name: str, arr: np.ndarray, h, prefix: str = "") -> None:
+    def _put(group, name: str, arr: np.ndarray) -> str:
+        """Write one array; returns its digest (of the array as it reads back)."""
         arr = np.ascontiguousarray(arr)
-        h.update(f"{prefix}{name}:{arr.dtype.str}:{arr.shape}".encode())
-        h.update(arr.tobytes())
         shape = arr.shape if arr.ndim else (1,)
         a = group.create_array(
             name, shape=shape, dtype=arr.dtype, chunks=shape if all(shape) else None,
@@ -255,13 +307,11 @@ class CaptureStore:
         )
         if arr.size:
             a[...] = arr.reshape(shape)
+        return array_digest(arr.reshape(shape))
 
     # ---------------------------------------------------------------- finishing
     def content_digest(self) -> str:
-        h = hashlib.sha256()
-        for sid in self.sample_ids():
-            h.update(f"{sid}:{self._samples()[sid].attrs.get('digest', '')}\n".encode())
-        return h.hexdigest()
+        return store_digest({sid: self._samples()[sid].attrs.get("digest", "") for sid in self.sample_ids()})
 
     def finalize(self, manifest: StageManifest) -> None:
         """Write the manifest and consolidated metadata; call once a run has ended."""
@@ -279,6 +329,93 @@ class CaptureStore:
         return sum(p.stat().st_size for p in base.rglob("*") if p.is_file())
 
 
+def array_digest(arr: np.ndarray) -> str:
+    """sha256 of an array's dtype, shape and bytes (C order)."""
+    arr = np.ascontiguousarray(arr)
+    h = hashlib.sha256(f"{arr.dtype.str}:{arr.shape}:".encode())
+    h.update(arr.data if arr.size else b"")
+    return h.hexdigest()
+
+
+def sample_digest(array_digests: dict[str, str], attrs: dict[str, Any]) -> str:
+    """A sample's digest: of its arrays' digests and its content attributes (neither timings, paths,
+    ``complete`` nor the digests themselves)."""
+    content = {k: v for k, v in attrs.items() if k not in (*VOLATILE_ATTRS, *DIGEST_ATTRS, "complete")}
+    return hashlib.sha256(json.dumps({"arrays": array_digests, "attrs": content}, sort_keys=True).encode()).hexdigest()
+
+
+def store_digest(sample_digests: dict[str, str]) -> str:
+    """A store's content digest: of its complete samples' ids and digests."""
+    h = hashlib.sha256()
+    for sid in sorted(sample_digests):
+        h.update(f"{sid}:{sample_digests[sid]}\n".encode())
+    return h.hexdigest()
+
+
+def _legacy_digest(sample: CaptureSample) -> str:
+    """The digest of a sample written before per-array digests: one stream over its arrays, then its attributes."""
+    h = hashlib.sha256()
+    group = sample.group
+    layer_keys = sorted((int(name[1:]), name) for name, _ in group.groups())
+    for prefix, g in [("", group), *((f"{name}/", group[name]) for _, name in layer_keys)]:
+        for name in sorted(n for n, _ in g.arrays()):
+            arr = np.ascontiguousarray(sample.array(prefix + name))
+            h.update(f"{prefix}{name}:{arr.dtype.str}:{arr.shape}".encode())
+            h.update(arr.tobytes())
+    content = {k: v for k, v in sample.attrs.items() if k not in (*VOLATILE_ATTRS, "digest", "complete")}
+    h.update(json.dumps(content, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def verify_store(path: str | Path) -> list[str]:
+    """Recompute every digest of the capture store at ``path``: one line per problem (none: intact).
+
+    Every sample group is read whole: its attributes, every array against its digest, its digest against
+    the manifest's list, the manifest's content digest against the samples'.
+    """
+    path = Path(path)
+    try:
+        store = CaptureStore.open(path)
+        manifest = read_manifest(path, KIND) if (path / MANIFEST_FILE).is_file() else None
+        names = sorted(p.name for p in (path / "samples").iterdir() if p.is_dir())
+    except (DcamError, OSError) as e:
+        return [str(e)]
+    problems = []
+    if manifest is None:
+        problems.append(f"no {MANIFEST_FILE}: the capture run did not finish")
+    digests = {}
+    for sid in names:
+        try:
+            sample = store.sample(sid)
+            for key in sample.attrs.get("array_digests", {}):
+                sample.array(key)
+            digests[sid] = sample.attrs["digest"]
+        except DcamError as e:
+            problems.append(str(e))
+    if manifest is not None:
+        listed = {s.sample_id: s.digest for s in manifest.samples}
+        missing = sorted(set(listed) - set(names))
+        if missing:
+            problems.append(f"the manifest lists {len(missing)} sample(s) the store lacks: {missing[:5]}")
+        # each sample was checked against its listed digest above; here the list against the content digest
+        if all(listed.values()) or len(digests) == len(names):
+            found = store_digest(listed if all(listed.values()) else digests)
+            if found != manifest.content_digest:
+                problems.append(f"content digest mismatch: the manifest records {manifest.content_digest[:12]}, "
+                                f"its samples give {found[:12]}")
+    return problems
+
+
+def written_by_dcam(path: str | Path) -> bool:
+    """True when ``path`` holds a capture store this project wrote (its root group says so), read from
+    ``zarr.json`` alone, so that a damaged store can still be recognised (and replaced)."""
+    try:
+        meta = json.loads((Path(path) / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and (meta.get("attributes") or {}).get("dcam_kind") == KIND
+
+
 def _require_store(path: Path) -> None:
     if not (path / "zarr.json").exists():
         raise DcamError(f"{path} is not a capture store (no zarr.json); run 'dcam capture' first")
@@ -294,10 +431,20 @@ def finished_manifest(path: str | Path) -> StageManifest | None:
     ------
     DcamError
         If ``path`` is not a capture store.
+    IntegrityError
+        If the manifest's content digest is not that of the sample digests it lists.
     """
     path = Path(path)
     _require_store(path)
-    return read_manifest(path, KIND) if (path / MANIFEST_FILE).is_file() else None
+    if not (path / MANIFEST_FILE).is_file():
+        return None
+    manifest = read_manifest(path, KIND)
+    listed = {s.sample_id: s.digest for s in manifest.samples}
+    if all(listed.values()):  # manifests of schema 1.0 list no sample digests
+        found = store_digest(listed)
+        if found != manifest.content_digest:
+            raise mismatch(f"the manifest of capture store {path}", manifest.content_digest, found)
+    return manifest
 
 
 def _json_default(o: Any):

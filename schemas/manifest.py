@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import subprocess
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,6 +48,7 @@ class SampleStatus(BaseModel):
     status: Literal["ok", "failed"]
     reason: str | None = None
     seconds: float | None = None
+    digest: str | None = Field(default=None, description="the sample's digest (capture stores)")
 
 
 class InputRef(BaseModel):
@@ -165,7 +166,6 @@ def digest_files(root: str | os.PathLike, patterns: tuple[str, ...] = ("**/*",),
 def write_manifest(directory: str | os.PathLike, manifest: StageManifest) -> Path:
     """Write ``manifest.json`` atomically (temp file + rename), so it is either absent or whole."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     if not manifest.created:
         manifest = manifest.model_copy(update={"created": now_iso()})
     if not manifest.library_versions:
@@ -173,7 +173,13 @@ def write_manifest(directory: str | os.PathLike, manifest: StageManifest) -> Pat
     if not manifest.code_version:
         manifest = manifest.model_copy(update={"code_version": code_version()})
     target = directory / MANIFEST_FILE
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".manifest.", suffix=".tmp")
+    # 0666 less the umask, as every other file (mkstemp's 0600 would hide it from the other users)
+    tmp = directory / f".manifest.{uuid.uuid4().hex[:12]}.tmp"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as e:  # a read-only folder
+        raise DcamError(f"cannot write {target}: {e.strerror}") from None
     with os.fdopen(fd, "w") as f:
         f.write(manifest.model_dump_json(indent=2))
     os.replace(tmp, target)
@@ -194,7 +200,11 @@ def read_manifest(directory: str | os.PathLike, kind: str | None = None) -> Stag
     path = directory / MANIFEST_FILE
     if not path.is_file():
         raise DcamError(f"{directory} is not a diffusion-cam artifact: no {MANIFEST_FILE} there")
-    return parse_manifest(path.read_text(), str(directory), kind)
+    try:
+        text = path.read_text()
+    except OSError as e:  # another user's manifest of mode 0600 (written before manifests followed the umask)
+        raise DcamError(f"cannot read {path}: {e.strerror}") from None
+    return parse_manifest(text, str(directory), kind)
 
 
 def parse_manifest(text: str | bytes, where: str, kind: str | None = None) -> StageManifest:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas.errors import DcamError
+from schemas.lock import temporary_dir
 from schemas.manifest import MANIFEST_FILE, StageManifest, parse_manifest, read_manifest
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
@@ -209,21 +210,20 @@ class ArtifactRoot:
         fs = self.fs
         fs.invalidate_cache(rdir)
         remote = [f for f in self._call(fs.find, rdir) if f.startswith(rdir + "/")]
-        tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir(parents=True)
-        try:
-            self._call(fs.get, remote, [str(tmp / f[len(rdir) + 1 :]) for f in remote])
-            if not (tmp / MANIFEST_FILE).is_file():
-                raise DcamError(f"{self.url_of(path)}: {MANIFEST_FILE} vanished while downloading")
+        with temporary_dir(path) as tmp:
             try:
-                os.rename(tmp, path)
-            except OSError:
-                if not (path / MANIFEST_FILE).is_file():  # a partial local directory (an interrupted capture)
-                    shutil.rmtree(path, ignore_errors=True)
+                self._call(fs.get, remote, [str(tmp / f[len(rdir) + 1 :]) for f in remote])
+                if not (tmp / MANIFEST_FILE).is_file():
+                    raise DcamError(f"{self.url_of(path)}: {MANIFEST_FILE} vanished while downloading")
+                try:
                     os.rename(tmp, path)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+                except OSError:
+                    if not (path / MANIFEST_FILE).is_file():  # a partial local directory (an interrupted capture)
+                        shutil.rmtree(path, ignore_errors=True)
+                        os.rename(tmp, path)
+            finally:
+                if tmp.exists():
+                    shutil.rmtree(tmp, ignore_errors=True)
         return path
 
     def publish(self, path: str | os.PathLike, *, replace: bool = False) -> bool:

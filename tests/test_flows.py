@@ -182,6 +182,8 @@ def test_concurrent_runs_same_root(harness, tmp_path, tiny_model):
         if stage_dir.name.startswith(".") or not stage_dir.is_dir():
             continue
         for art in stage_dir.iterdir():
+            if art.name.startswith("."):  # store locks; temporaries are _partials
+                continue
             assert (art / "manifest.json").exists() or art.suffix == ".json", art
 
 
@@ -362,3 +364,22 @@ def test_s3_root_errors_are_one_line(s3, tmp_path, tiny_model, monkeypatch, caps
            "dataset": {"synth": {"count": 1}}}
     with pytest.raises(Exception, match="storage_options apply to a URL root"):
         RunConfig.model_validate(cfg)
+
+
+def test_run_error_is_one_line_naming_the_log_of_tracebacks(harness, tmp_path, tiny_model, capsys):
+    """Issue 13: Prefect's task tracebacks go to ROOT/.logs, not before the one-line error; results are JSON,
+    not pickles (the failed state's exception included)."""
+    from flows.cli import main
+
+    cfg = make_config(tmp_path, tiny_model, capture={"model": f"toy:{tmp_path / 'no-model'}", "steps": 4})
+    with pytest.raises(SystemExit) as e:
+        main(["run", str(_write(tmp_path, cfg))])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and "Traceback" not in err
+    (line,) = err.strip().splitlines()
+    assert line.startswith("dcam: error: toy model: ") and "(Prefect's log: " in line
+    log = Path(line.rsplit("(Prefect's log: ", 1)[1].rstrip(")"))
+    assert log.parent == Path(cfg.root) / ".logs" and "Traceback" in log.read_text()
+    results = [json.loads(p.read_text()) for p in (Path(cfg.root) / ".prefect-results").iterdir()]  # JSON, all
+    assert results and all(r.get("metadata", {}).get("serializer", {}).get("type", "json") == "json" for r in results)
+

@@ -8,31 +8,85 @@ Restarting a killed run skips the samples already complete and redoes the rest.
 from __future__ import annotations
 
 import gc
+import hashlib
+import io
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from schemas.capture import KIND, SCHEMA_VERSION, CaptureStore
+from schemas.capture import KIND, SCHEMA_VERSION, CaptureStore, written_by_dcam
 from schemas.errors import DcamError
-from schemas.manifest import InputRef, SampleStatus, StageManifest, read_manifest
+from schemas.limits import check_pixels, limits
+from schemas.lock import exclusive, store_lock_path
+from schemas.manifest import InputRef, SampleStatus, StageManifest, digest_files, digest_json, read_manifest
 from stages.capture.core import CaptureConfig, capture_sample
 
 STAGE_VERSION = "1.0"
 
 
-def _read_image(path: str) -> np.ndarray:
+def _read_bytes(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise DcamError(f"image file missing: {path}") from None
+    except OSError as e:
+        raise DcamError(f"unreadable image {path}: {e}") from None
+
+
+def _decode_image(data: bytes, path: str) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except FileNotFoundError:
-        raise DcamError(f"image file missing: {path}") from None
-    except (UnidentifiedImageError, OSError) as e:
+        with warnings.catch_warnings():  # PIL warns above 89M pixels; the limit decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                check_pixels(im.height, im.width, f"image {path}")  # before decoding
+                return np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
         raise DcamError(f"unreadable image {path}: {e}") from None
+
+
+def input_digest(image: bytes, prompt: str | None, *, model: str, config: dict) -> str:
+    """What a sample's capture is computed from: the image's bytes, the prompt, the model (its weights'
+    digest) and the capture config. A resumed capture redoes a sample whose input digest changed."""
+    return digest_json({"image": hashlib.sha256(image).hexdigest(), "prompt": prompt, "model": model,
+                        "config": config})
+
+
+def model_digest(spec: str) -> str:
+    """Digest of a model's weights and config: their bytes up to 100 MB, beyond that sizes and times."""
+    from stages.capture.registry import parse_model_spec
+
+    family, path = parse_model_spec(spec)
+    if family == "toy" and path is None:
+        from stages.toy.model import BUNDLED_WEIGHTS
+
+        path = str(BUNDLED_WEIGHTS)
+    p = Path(path)
+    if not p.exists():
+        return digest_json(spec)
+    files = sorted(f for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file())
+    if p.is_dir() and sum(f.stat().st_size for f in files) < 100 * 2**20:
+        return digest_files(p, exclude=())
+    return digest_json([(str(f.relative_to(p) if p.is_dir() else f.name), f.stat().st_size, int(f.stat().st_mtime))
+                        for f in files])
+
+
+def _reusable(store: CaptureStore, sample_id: str, inputs: str, *, retry_failed: bool) -> bool:
+    """True when the store holds ``sample_id`` whole, captured from the same inputs (and ok, or failed and
+    not to be retried). A damaged or incomplete sample is not: it is captured again."""
+    # the inputs first: a sample of other inputs (or of a store from before input digests) is redone unread
+    if not store.is_complete(sample_id) or store._samples()[sample_id].attrs.get("input_digest") != inputs:
+        return False
+    try:
+        sample = store.sample(sample_id)
+    except DcamError:
+        return False
+    return sample.ok or not retry_failed
 
 
 def _is_oom(e: BaseException) -> bool:
@@ -52,6 +106,8 @@ def capture_dataset(
     on_sample: Callable[[str, str], None] | None = None,
     finalize_store: bool = True,
     retry_failed: bool = True,
+    lock_wait: float = 0.0,
+    allow_outside_paths: bool | None = None,
 ) -> StageManifest | None:
     """Capture every sample of the dataset at ``data`` into the store at ``out``.
 
@@ -75,10 +131,22 @@ def capture_dataset(
         Capture again the samples an earlier run recorded as failed (a transient out-of-memory, say).
     on_sample : callable(sample_id, status), optional
         Called after each sample (progress bars).
+    lock_wait : float
+        Seconds to wait while another process writes the store (``math.inf``: until it ends); 0 refuses
+        at once (:func:`schemas.lock.exclusive`).
+    allow_outside_paths : bool, optional
+        As :func:`stages.ingest.loaders.load_dataset`.
+
+    Raises
+    ------
+    LockedError
+        If another process (on this host or, on a shared filesystem, another) writes the store.
     """
     from stages.dmllm.sampler import validate_schedule
     from stages.ingest.loaders import load_dataset
 
+    if config.steps > limits().steps:
+        raise DcamError(f"steps: {config.steps} is more than the limit of {limits().steps} (DCAM_MAX_STEPS)")
     try:  # a configuration error fails the run at once, not every sample
         validate_schedule(gen_length=adapter.gen_length, steps=config.steps, block_length=config.block_length,
                           temperature=config.temperature, remasking=config.remasking)
@@ -86,39 +154,55 @@ def capture_dataset(
         raise DcamError(f"sampler settings: {e} (generation length {adapter.gen_length})") from None
     t0 = time.perf_counter()
     out = Path(out)
-    samples, rejected = load_dataset(data, limit=limit)
+    samples, rejected = load_dataset(data, limit=limit, allow_outside_paths=allow_outside_paths)
     if sample_ids is not None:
         wanted = set(sample_ids)
         samples = [s for s in samples if s.sample_id in wanted]
         rejected = [(sid, r) for sid, r in rejected if sid in wanted]
     store_config = {"model": model_spec, "family": adapter.family, "data": str(Path(data).resolve()), **config.to_dict()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive(store_lock_path(out), what=f"capture store {out}", wait=lock_wait):
+        return _capture_locked(out, samples, rejected, adapter=adapter, model_spec=model_spec, config=config,
+                               store_config=store_config, overwrite=overwrite, on_sample=on_sample,
+                               retry_failed=retry_failed, finalize_data=data if finalize_store else None, t0=t0)
+
+
+def _capture_locked(out: Path, samples, rejected, *, adapter, model_spec: str, config: CaptureConfig,
+                    store_config: dict, overwrite: bool, on_sample, retry_failed: bool, finalize_data, t0: float,
+                    ) -> StageManifest | None:
+    """:func:`capture_dataset` once it holds the store's lock (``finalize_data`` None: leave it unfinished)."""
     if overwrite and out.exists():
-        if (out / "zarr.json").exists():
-            shutil.rmtree(out)
-        else:
-            raise DcamError(f"--overwrite: {out} is not a capture store; refusing to delete it")
+        if not written_by_dcam(out):
+            raise DcamError(f"--overwrite: {out} is not a capture store diffusion-cam wrote; refusing to delete it")
+        shutil.rmtree(out)
     store = CaptureStore.create(out, config=store_config, resume=True)
-    for sid in store.incomplete_ids():  # left by a killed run
+    for sid in store.incomplete_ids():  # left by a killed run, or damaged
         store._discard(sid)
+    model = model_digest(model_spec)
+    inputs_config = {k: v for k, v in store_config.items() if k != "data"}
 
     for sid, reason in rejected:  # rejected by the loader: the same input fails the same way
-        status = "skipped" if store.is_complete(sid) else "failed"
+        rejection = digest_json({"rejected": reason})
+        status = "skipped" if _reusable(store, sid, rejection, retry_failed=False) else "failed"
         if status == "failed":
-            store.write_failed(sid, reason)
+            store.write_failed(sid, reason, {"input_digest": rejection})
         if on_sample:
             on_sample(sid, status)
 
     for s in samples:
-        if store.is_complete(s.sample_id) and (store.sample(s.sample_id).ok or not retry_failed):
-            if on_sample:
-                on_sample(s.sample_id, "skipped")
-            continue
-        status, reason = "ok", None
+        status, reason, inputs = "ok", None, None
+        prompt = getattr(s, "prompt", None)
         try:
-            image = _read_image(s.image_path)
-            cap = capture_sample(adapter, image, config, sample_id=s.sample_id, prompt=getattr(s, "prompt", None))
+            raw = _read_bytes(s.image_path)
+            inputs = input_digest(raw, prompt, model=model, config=inputs_config)
+            if _reusable(store, s.sample_id, inputs, retry_failed=retry_failed):
+                if on_sample:
+                    on_sample(s.sample_id, "skipped")
+                continue
+            image = _decode_image(raw, s.image_path)
+            cap = capture_sample(adapter, image, config, sample_id=s.sample_id, prompt=prompt)
             cap.attrs.update({"image_path": s.image_path, "source": getattr(s, "source", ""),
-                              "reference_captions": list(s.captions)})
+                              "reference_captions": list(s.captions), "input_digest": inputs})
             store.write_sample(s.sample_id, arrays=cap.arrays, layer_arrays=cap.layer_arrays, attrs=cap.attrs)
         except (DcamError, ValueError) as e:
             status, reason = "failed", str(e)
@@ -130,14 +214,14 @@ def capture_dataset(
             status, reason = "failed", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         if status == "failed":
             _free_device_memory()  # after the except block: the traceback no longer holds the graph
-            store.write_failed(s.sample_id, reason, {"image_path": s.image_path})
+            store.write_failed(s.sample_id, reason, {"image_path": s.image_path, "input_digest": inputs})
         if on_sample:
             on_sample(s.sample_id, status)
         gc.collect()
 
-    if not finalize_store:
+    if finalize_data is None:
         return None
-    return finalize(store, data=data, seconds=time.perf_counter() - t0)
+    return finalize(store, data=finalize_data, seconds=time.perf_counter() - t0)
 
 
 def _free_device_memory() -> None:
@@ -161,7 +245,7 @@ def finalize(store: CaptureStore, *, data: str | Path, seconds: float) -> StageM
         gen += t.get("generate", 0.0)
         att += t.get("attribute", 0.0)
         statuses.append(SampleStatus(sample_id=sid, status=attrs.get("status", "ok"), reason=attrs.get("reason"),
-                                     seconds=t.get("total")))
+                                     seconds=t.get("total"), digest=attrs.get("digest")))
     inputs = {}
     try:
         dm = read_manifest(data)

@@ -93,8 +93,8 @@ def run_basemap(store_path: str | Path, selection_dir: str | Path, out_dir: str 
         if s.status != "ok":
             statuses.append(s)
             continue
-        sample = store.sample(s.sample_id)
         try:
+            sample = store.sample(s.sample_id)
             for row, m in sample_base_maps(sample, selection[selection["sample_id"] == s.sample_id],
                                            method=method, options=options):
                 index_rows.append(row)

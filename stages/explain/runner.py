@@ -21,8 +21,10 @@ from typing import Any, Callable, Sequence
 
 from schemas.errors import DcamError
 from schemas.capture import finished_manifest
+from schemas.lock import sweep_temporaries, temporary_dir
 from schemas.manifest import StageManifest, read_manifest
 from schemas.storage import ArtifactRoot, as_root
+from schemas.verify import verified_manifest
 from stages.explain.addressing import StageResult, artifact_dir, artifact_key, dataset_digest, is_done
 
 
@@ -65,6 +67,8 @@ def run_stage(root: "ArtifactRoot | str | Path", stage: str, version: str, confi
     final = artifact_dir(ar.local, stage, key)
     done = ar.done_manifest(final, kind)
     if done is not None:
+        if not ar.remote:  # a cached output is checked once, where it is reused (in a mirror: when it is read)
+            done = verified_manifest(final, kind)
         return StageResult(stage, str(final), "cached", done.content_digest)
     t0 = time.perf_counter()
     if ar.remote and is_done(final, kind):  # complete in the mirror, never uploaded (an interrupted run)
@@ -73,23 +77,23 @@ def run_stage(root: "ArtifactRoot | str | Path", stage: str, version: str, confi
                            time.perf_counter() - t0)
     for path in needs:
         ar.fetch(path)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.parent.mkdir(parents=True, exist_ok=True)
+        verified_manifest(path)
     sweep_stale(final.parent)
     status = "computed"
-    try:
-        manifest = compute(tmp)
+    with temporary_dir(final) as tmp:
         try:
-            os.rename(tmp, final)
-        except OSError:
-            if is_done(final, kind):  # another run published the same artifact first
-                manifest, status = read_manifest(final), "cached"
-            else:
-                shutil.rmtree(final, ignore_errors=True)  # a stale partial directory
+            manifest = compute(tmp)
+            try:
                 os.rename(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            except OSError:
+                if is_done(final, kind):  # another run published the same artifact first
+                    manifest, status = read_manifest(final), "cached"
+                else:
+                    shutil.rmtree(final, ignore_errors=True)  # a stale partial directory
+                    os.rename(tmp, final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     if ar.publish(final) is False and ar.remote and status == "computed":
         status = "cached"  # another run uploaded it while this one computed it
     return StageResult(stage, str(final), status, manifest.content_digest,
@@ -97,18 +101,9 @@ def run_stage(root: "ArtifactRoot | str | Path", stage: str, version: str, confi
 
 
 def sweep_stale(stage_dir: Path) -> None:
-    """Remove temporary outputs left by runs that were killed (their process is gone)."""
-    for tmp in stage_dir.glob(".*.tmp-*"):
-        try:
-            pid = int(tmp.name.rsplit(".tmp-", 1)[1].split("-")[0])
-        except (IndexError, ValueError):
-            continue
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            shutil.rmtree(tmp, ignore_errors=True)
-        except PermissionError:
-            pass
+    """Remove temporary outputs left by runs that were killed: those whose writer no longer holds their lock
+    (:func:`schemas.lock.sweep_temporaries`; a live writer in another container or on another host does)."""
+    sweep_temporaries(stage_dir)
 
 
 def capture_digest(store_path: str | Path, root: "ArtifactRoot | str | Path | None" = None) -> str:

@@ -108,11 +108,11 @@ def run_select(store_path: str | Path, out_dir: str | Path, *, policy: str = "un
     for sid in store.sample_ids():
         if wanted is not None and sid not in wanted:
             continue
-        s = store.sample(sid)
-        if not s.ok:
-            statuses.append(SampleStatus(sample_id=sid, status="failed", reason=f"capture failed: {s.attrs.get('reason')}"))
-            continue
         try:
+            s = store.sample(sid)
+            if not s.ok:
+                statuses.append(SampleStatus(sample_id=sid, status="failed", reason=f"capture failed: {s.attrs.get('reason')}"))
+                continue
             rows.extend(selection_rows(s, policy=policy, layers=layers, steps=steps))
             statuses.append(SampleStatus(sample_id=sid, status="ok"))
         except DcamError as e:

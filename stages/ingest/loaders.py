@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -40,6 +41,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from schemas.errors import DcamError
+from schemas.limits import check_pixels, limits
 from schemas.outdir import prepare_output_dir
 from schemas.manifest import (
     ARTIFACT_SCHEMA_VERSIONS,
@@ -174,19 +176,27 @@ def _read_json(path: Path, what: str = "annotation file") -> Any:
         raise DcamError(f"{path} is malformed JSON at line {e.lineno} column {e.colno} (char {e.pos}): {e.msg}") from None
     except UnicodeDecodeError as e:
         raise DcamError(f"{path} is not UTF-8 text: {e}") from None
+    except RecursionError:
+        raise DcamError(f"{path} is nested deeper than the JSON parser follows; refusing it") from None
 
 
 def _image_size(path: Path, what: str) -> tuple[int, int]:
-    """(H, W) of an image file, reading only its header."""
+    """(H, W) of an image file, reading only its header; one of more pixels than the limit is rejected
+    (:func:`schemas.limits.check_pixels`)."""
     from PIL import Image, UnidentifiedImageError
 
     if not path.is_file():
         raise _Rejected(f"{what} file missing: {path}")
     try:
-        with Image.open(path) as im:
-            w, h = im.size
-    except (UnidentifiedImageError, OSError) as e:
+        with warnings.catch_warnings():  # PIL warns above 89M pixels; the limit below decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+        check_pixels(h, w, f"{what} {path.name}")
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
         raise _Rejected(f"{what} file unreadable: {path}: {e}") from None
+    except DcamError as e:
+        raise _Rejected(str(e)) from None
     return h, w
 
 
@@ -256,8 +266,15 @@ def _normalise_rle(segmentation: Any, height: int, width: int) -> dict:
         polygons = [p for p in segmentation if len(p) >= 6]
         if not polygons:
             raise _Rejected("polygon segmentation has no polygon with >= 3 points")
+        bound = limits().polygon_coordinate
         try:
-            rle = mask_utils.merge(mask_utils.frPyObjects([[float(v) for v in p] for p in polygons], height, width))
+            coords = [[float(v) for v in p] for p in polygons]
+            # pycocotools walks every edge pixel by pixel: a huge coordinate costs gigabytes, NaN an empty mask
+            bad = next((v for p in coords for v in p if not abs(v) <= bound), None)
+            if bad is not None:
+                raise _Rejected(f"polygon coordinate {bad!r} is not finite or beyond the limit of {bound:g} "
+                                "(DCAM_MAX_POLYGON_COORD)")
+            rle = mask_utils.merge(mask_utils.frPyObjects(coords, height, width))
         except (TypeError, ValueError) as e:
             raise _Rejected(f"polygon segmentation does not convert: {e}") from None
     elif isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
@@ -362,25 +379,45 @@ def _caption(text: Any, where: str) -> str:
     return text
 
 
+def _inside(base: Path, name: str, what: str, allow: bool) -> Path:
+    """``base / name``, refused (that sample) when the name leaves ``base`` (absolute, or climbing out with
+    ``..``) unless ``allow``. Lexical: a symbolic link the dataset's owner placed inside is followed."""
+    path = Path(base) / name
+    root = os.path.normpath(os.path.abspath(base))
+    if not allow and os.path.commonpath([root, os.path.normpath(os.path.abspath(path))]) != root:
+        raise _Rejected(f"{what} path {name!r} lies outside the dataset folder {base}; pass --allow-outside-paths "
+                        "(or set DCAM_ALLOW_OUTSIDE_PATHS=1) to read it")
+    return path
+
+
 def _check_size(declared: tuple[int, int], actual: tuple[int, int], what: str) -> None:
     if tuple(declared) != tuple(actual):
         raise _Rejected(f"{what} is {actual[0]}x{actual[1]} but the annotation says {declared[0]}x{declared[1]}")
 
 
-def _collect(records: Iterable[tuple[str, Callable[[], Sample]]], limit: int | None) -> LoadResult:
-    """Build samples record by record, turning a record's failure into a rejection reason."""
+def _collect(records: Iterable[tuple[str, Callable[[], Sample]]], limit: int | None, *, file: str, items: str,
+             ) -> LoadResult:
+    """Build samples record by record, turning a record's failure into a rejection reason.
+
+    Raises
+    ------
+    DcamError
+        If two records have the same (canonical) sample id, naming both (``items[i]``): which of them
+        the annotations meant cannot be told. ``file`` and ``items`` name the records (``images``) of a file.
+    """
     samples: list[Sample] = []
     rejected: list[tuple[str, str]] = []
-    seen: set[str] = set()
+    seen: dict[str, int] = {}
     for count, (sample_id, build) in enumerate(records):
         if limit is not None and count >= limit:
             break
+        if sample_id in seen:
+            raise DcamError(f"duplicate sample id {sample_id}: {file}: {items}[{seen[sample_id]}] and {items}[{count}] "
+                            "both map to it; give every record its own id")
+        seen[sample_id] = count
         try:
             if not sample_id or "/" in sample_id or "\\" in sample_id or sample_id.startswith("."):
                 raise _Rejected(f"sample id {sample_id!r} is not usable as a file name")
-            if sample_id in seen:
-                raise _Rejected(f"duplicate sample id {sample_id!r}")
-            seen.add(sample_id)
             samples.append(build())
         except _Rejected as e:
             rejected.append((sample_id, str(e)))
@@ -416,21 +453,21 @@ def _coco_records(
             raise DcamError(f"{instances_path} is not a COCO instances file: no '{key}' list")
     if not isinstance(captions, dict) or not isinstance(captions.get("annotations"), list):
         raise DcamError(f"{captions_path} is not a COCO captions file: no 'annotations' list")
-    try:
-        names = {int(c["id"]): str(c["name"]) for c in instances["categories"]}
-    except (KeyError, TypeError, ValueError) as e:
-        raise DcamError(f"{instances_path} has a malformed category: {e!r}") from None
+    names: dict[int, str] = {}
+    for c in instances["categories"]:
+        try:
+            cid, name = _coco_id(c["id"]), str(c["name"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise DcamError(f"{instances_path} has a malformed category: {e!r}") from None
+        if cid in names:
+            raise DcamError(f"{instances_path}: category id {cid} is given twice ({names[cid]!r} and {name!r})")
+        names[cid] = name
     categories = {name: cid for cid, name in sorted(names.items())}
-    anns: dict[int, list[dict]] = {}
-    for ann in instances["annotations"]:
-        anns.setdefault(ann.get("image_id"), []).append(ann)
-    caps: dict[int, list] = {}
-    for cap in captions["annotations"]:
-        caps.setdefault(cap.get("image_id"), []).append(cap.get("caption"))
+    anns = _by_image(instances["annotations"], instances_path)
+    caps = {k: [cap.get("caption") for cap in v] for k, v in _by_image(captions["annotations"], captions_path).items()}
 
-    def builder(image: dict) -> Callable[[], Sample]:
+    def builder(image: dict, image_id: int) -> Callable[[], Sample]:
         def build() -> Sample:
-            image_id = int(image["id"])
             height, width = int(image["height"]), int(image["width"])
             path = image_path(image)
             _check_size((height, width), _image_size(path, "image"), f"image {path.name}")
@@ -444,7 +481,7 @@ def _coco_records(
             captions_ = [_caption(t, f"caption {i + 1}") for i, t in enumerate(texts)]
             objects = []
             for ann in anns.get(image_id, []):
-                label = int(ann["category_id"])
+                label = _coco_id(ann["category_id"])
                 if label not in names:
                     raise _Rejected(f"annotation {ann.get('id')} has unknown category {label}")
                 try:
@@ -461,11 +498,40 @@ def _coco_records(
         return build
 
     records = []
-    for image in instances["images"]:
-        image_id = image.get("id") if isinstance(image, dict) else None
-        sample_id = f"{image_id:012d}" if isinstance(image_id, int) else str(image_id)
-        records.append((sample_id, builder(image)))
+    for index, image in enumerate(instances["images"]):
+        raw = image.get("id") if isinstance(image, dict) else None
+        try:
+            image_id = _coco_id(raw)
+            records.append((f"{image_id:012d}", builder(image, image_id)))
+        except (TypeError, ValueError):
+            records.append((f"image-{index}", _reject(f"image id {raw!r} is not an integer")))
     return records
+
+
+def _coco_id(value: Any) -> int:
+    """The canonical form of a COCO id: an integer given as a JSON integer, an integral number (``1.0``)
+    or a decimal string (``"1"``), so that ids that mean one image are recognised as one."""
+    if isinstance(value, bool):
+        raise TypeError(f"id {value!r} is not an integer")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().isdecimal():
+        return int(value.strip())
+    raise ValueError(f"id {value!r} is not an integer")
+
+
+def _by_image(annotations: list, path: Path) -> dict[int, list[dict]]:
+    """Annotations grouped by their canonical ``image_id``; one that has none refuses the file."""
+    out: dict[int, list[dict]] = {}
+    for index, ann in enumerate(annotations):
+        raw = ann.get("image_id") if isinstance(ann, dict) else None
+        try:
+            out.setdefault(_coco_id(raw), []).append(ann)
+        except (TypeError, ValueError):
+            raise DcamError(f"{path}: annotations[{index}] has image_id {raw!r}, not an image id") from None
+    return out
 
 
 def load_coco_tam(root: str | os.PathLike, *, limit: int | None = None, source: str = "coco-tam") -> LoadResult:
@@ -491,11 +557,11 @@ def load_coco_tam(root: str | os.PathLike, *, limit: int | None = None, source: 
     records = _coco_records(
         _read_json(instances_path, "instances file"), _read_json(captions_path, "captions file"),
         instances_path=instances_path, captions_path=captions_path,
-        image_path=lambda im: root / "image" / f"{int(im['id']):012d}.jpg",
-        seg_path=lambda im: root / "seg_label" / f"{int(im['id']):012d}.png",
+        image_path=lambda im: root / "image" / f"{_coco_id(im['id']):012d}.jpg",
+        seg_path=lambda im: root / "seg_label" / f"{_coco_id(im['id']):012d}.png",
         source=source,
     )
-    return _collect(records, limit)
+    return _collect(records, limit, file=instances_path.name, items="images")
 
 
 def load_synthetic(root: str | os.PathLike, *, limit: int | None = None) -> LoadResult:
@@ -518,7 +584,8 @@ def load_synthetic(root: str | os.PathLike, *, limit: int | None = None) -> Load
 
 
 def load_coco(
-    instances: str | os.PathLike, captions: str | os.PathLike, images: str | os.PathLike, *, limit: int | None = None
+    instances: str | os.PathLike, captions: str | os.PathLike, images: str | os.PathLike, *, limit: int | None = None,
+    allow_outside_paths: bool = False,
 ) -> LoadResult:
     """Load raw COCO 2014/2017 annotations.
 
@@ -545,9 +612,10 @@ def load_coco(
     records = _coco_records(
         _read_json(instances, "instances file"), _read_json(captions, "captions file"),
         instances_path=instances, captions_path=captions,
-        image_path=lambda im: images / str(im["file_name"]), seg_path=None, source="coco",
+        image_path=lambda im: _inside(images, str(im["file_name"]), "image", allow_outside_paths),
+        seg_path=None, source="coco",
     )
-    return _collect(records, limit)
+    return _collect(records, limit, file=instances.name, items="images")
 
 
 # --------------------------------------------------------------------------------------------- GranDf
@@ -563,7 +631,8 @@ def _grandf_list(data: Any, path: Path) -> list:
     raise DcamError(f"{path} is not a GranDf file: expected a list of records or an object holding one list")
 
 
-def load_grandf(path: str | os.PathLike, *, images: str | os.PathLike | None = None, limit: int | None = None) -> LoadResult:
+def load_grandf(path: str | os.PathLike, *, images: str | os.PathLike | None = None, limit: int | None = None,
+                allow_outside_paths: bool = False) -> LoadResult:
     """Load GLaMM's GranDf GCG annotations.
 
     Parameters
@@ -592,7 +661,7 @@ def load_grandf(path: str | os.PathLike, *, images: str | os.PathLike | None = N
     def builder(record: dict, name: str) -> Callable[[], Sample]:
         def build() -> Sample:
             height, width = int(record["height"]), int(record["width"])
-            image = image_dir / name
+            image = _inside(image_dir, name, "image", allow_outside_paths)
             _check_size((height, width), _image_size(image, "image"), f"image {name}")
             caption = _caption(record["caption"], "caption")
             groundings = record["groundings"]
@@ -627,13 +696,13 @@ def load_grandf(path: str | os.PathLike, *, images: str | os.PathLike | None = N
             entries.append((Path(name).stem, builder(record, name)))
         else:
             entries.append((f"record-{index}", _reject("record has neither 'file_name' nor 'image'")))
-    return _collect(entries, limit)
+    return _collect(entries, limit, file=path.name, items="records")
 
 
 # ------------------------------------------------------------------------------------------- TAM anno
 
 
-def load_tam_anno(path: str | os.PathLike, *, limit: int | None = None) -> LoadResult:
+def load_tam_anno(path: str | os.PathLike, *, limit: int | None = None, allow_outside_paths: bool = False) -> LoadResult:
     """Load TAM's ``anno.json`` (GranDf, OpenPSG in TAM's formatted data).
 
     Parameters
@@ -661,7 +730,8 @@ def load_tam_anno(path: str | os.PathLike, *, limit: int | None = None) -> LoadR
             if not isinstance(entry, list) or len(entry) != 4:
                 raise _Rejected("entry is not [image, caption, seg, categories]")
             image_rel, caption, seg_rel, category_dict = entry
-            image, seg = root / str(image_rel), root / str(seg_rel)
+            image = _inside(root, str(image_rel), "image", allow_outside_paths)
+            seg = _inside(root, str(seg_rel), "mask", allow_outside_paths)
             height, width = _image_size(image, "image")
             _check_size((height, width), _image_size(seg, "mask"), f"mask {seg.name}")
             caption = _caption(caption, "caption")
@@ -691,7 +761,7 @@ def load_tam_anno(path: str | os.PathLike, *, limit: int | None = None) -> LoadR
         (Path(str(entry[0])).stem if isinstance(entry, list) and entry else f"entry-{index}", builder(entry))
         for index, entry in enumerate(data)
     ]
-    return _collect(entries, limit)
+    return _collect(entries, limit, file=file.name, items="entries")
 
 
 # ------------------------------------------------------------------------------------ detect and load
@@ -772,6 +842,7 @@ def load_dataset(
     instances: str | os.PathLike | None = None,
     captions: str | os.PathLike | None = None,
     images: str | os.PathLike | None = None,
+    allow_outside_paths: bool | None = None,
 ) -> LoadResult:
     """Load any supported dataset (:data:`FORMATS`), detecting the format unless ``fmt`` is given.
 
@@ -785,23 +856,30 @@ def load_dataset(
         Read at most this many records.
     instances, captions, images : str or os.PathLike, optional
         Raw COCO files (``images`` is also GranDf's image directory).
+    allow_outside_paths : bool, optional
+        Read images and masks that the annotations place outside the dataset folder (an absolute path, or
+        one climbing out with ``..``); otherwise such a sample is rejected. Default: whether the environment
+        sets ``DCAM_ALLOW_OUTSIDE_PATHS=1``.
 
     Returns
     -------
     LoadResult
     """
+    if allow_outside_paths is None:
+        allow_outside_paths = os.environ.get("DCAM_ALLOW_OUTSIDE_PATHS") == "1"
+    outside = {"allow_outside_paths": allow_outside_paths}
     fmt = _resolve_format(path, fmt, instances)
     if fmt == "coco":
         instances = instances if instances is not None else path
         if instances is None or captions is None or images is None:
             raise DcamError("raw COCO needs the instances JSON (PATH or --instances), --captions and --images")
-        return load_coco(instances, captions, images, limit=limit)
+        return load_coco(instances, captions, images, limit=limit, **outside)
     if path is None:
         raise DcamError(f"format {fmt} needs a dataset PATH")
     if fmt == "grandf":
-        return load_grandf(path, images=images, limit=limit)
+        return load_grandf(path, images=images, limit=limit, **outside)
     if fmt == "tam-anno":
-        return load_tam_anno(path, limit=limit)
+        return load_tam_anno(path, limit=limit, **outside)
     if fmt == "synthetic":
         return load_synthetic(path, limit=limit)
     if fmt == "ingested":
@@ -829,6 +907,7 @@ def ingest(
     instances: str | os.PathLike | None = None,
     captions: str | os.PathLike | None = None,
     images: str | os.PathLike | None = None,
+    allow_outside_paths: bool | None = None,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> StageManifest:
@@ -841,7 +920,7 @@ def ingest(
 
     Parameters
     ----------
-    path, fmt, limit, instances, captions, images
+    path, fmt, limit, instances, captions, images, allow_outside_paths
         As :func:`load_dataset`.
     out_dir : str or os.PathLike
         Created if missing; must be empty unless ``overwrite``.
@@ -857,7 +936,8 @@ def ingest(
     started = time.perf_counter()
     out = Path(out_dir)
     fmt = _resolve_format(path, fmt, instances)
-    result = load_dataset(path, fmt=fmt, limit=limit, instances=instances, captions=captions, images=images)
+    result = load_dataset(path, fmt=fmt, limit=limit, instances=instances, captions=captions, images=images,
+                          allow_outside_paths=allow_outside_paths)
     loaded = time.perf_counter()
     _prepare_out(out, overwrite=overwrite)
     (out / MASKS_DIR).mkdir()

@@ -167,7 +167,7 @@ def load_diffusion_gemma(path: str | None, device: str) -> DiffusionGemmaAdapter
     try:
         from transformers import AutoProcessor, DiffusionGemmaForBlockDiffusion
 
-        model = DiffusionGemmaForBlockDiffusion.from_pretrained(str(root), dtype=torch.bfloat16).to(device).eval()
+        model = DiffusionGemmaForBlockDiffusion.from_pretrained(str(root), dtype=torch.bfloat16, use_safetensors=True).to(device).eval()
         processor = AutoProcessor.from_pretrained(str(root))
     except Exception as exc:
         raise DcamError(

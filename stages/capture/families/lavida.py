@@ -441,7 +441,7 @@ def load_lavida(family: str, path: str | None, device: str, *, gen_length: int =
     try:
         tokenizer, model, _, _ = builder.load_pretrained_model(
             str(root), None, kind, device_map=device, vision_kwargs=vision_kwargs, torch_dtype="bfloat16",
-            attn_implementation="eager",
+            attn_implementation="eager", use_safetensors=True,
         )
     except Exception as exc:
         raise DcamError(f"--model {family}: LaViDa's loader failed on {root} ({type(exc).__name__}: {exc})") from None

@@ -54,7 +54,7 @@ def load_llada_v(path: str | None, device: str, *, gen_length: int = 64) -> Llad
     builder = require_module("llada-v", "llava.model.builder", LLADA_V_NEEDS)
     try:
         tokenizer, model, _, _ = builder.load_pretrained_model(
-            str(root), None, "llava_llada", device_map=device, attn_implementation="sdpa"
+            str(root), None, "llava_llada", device_map=device, attn_implementation="sdpa", use_safetensors=True
         )
     except Exception as exc:
         raise DcamError(f"--model llada-v: LLaDA-V's loader failed on {root} ({type(exc).__name__}: {exc})") from None

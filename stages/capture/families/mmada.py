@@ -150,8 +150,8 @@ def load_mmada(path: str | None, device: str, *, gen_length: int = 64) -> MMadaA
                 "<|soi|>", "<|eoi|>", "<|sov|>", "<|eov|>", "<|t2i|>", "<|mmu|>", "<|t2v|>", "<|v2v|>", "<|lvg|>"),
             ignore_id=-100, cond_dropout_prob=0.1, use_reserved_token=True,
         )
-        model = models.MMadaModelLM.from_pretrained(str(root), torch_dtype=torch.bfloat16).to(device).eval()
-        vq = models.MAGVITv2.from_pretrained(vq_path).to(device).eval()
+        model = models.MMadaModelLM.from_pretrained(str(root), torch_dtype=torch.bfloat16, use_safetensors=True).to(device).eval()
+        vq = models.MAGVITv2.from_pretrained(vq_path, use_safetensors=True).to(device).eval()
     except Exception as exc:
         raise DcamError(f"--model mmada: MMaDA's loader failed on {root} ({type(exc).__name__}: {exc})") from None
 
