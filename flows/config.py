@@ -103,6 +103,7 @@ class FaithfulnessSpec(BaseModel):
     batch_size: int = Field(16, ge=1, description="perturbed images per forward")
     seed: int = 0
     limit: int | None = Field(None, ge=1, description="only the first N samples")
+    random_orders: int = Field(3, ge=1, description="random orders (and noise maps) averaged per word")
     device: str | None = Field(None, description="default: the capture's device")
 
     def stage_config(self):
@@ -110,7 +111,7 @@ class FaithfulnessSpec(BaseModel):
 
         return FaithfulnessConfig(baseline=self.baseline, points=self.points, window=self.window, targets=self.targets,
                                   randomisation_samples=self.randomisation_samples, batch_size=self.batch_size,
-                                  seed=self.seed, limit=self.limit)
+                                  seed=self.seed, limit=self.limit, random_orders=self.random_orders)
 
 
 class RunConfig(BaseModel):

@@ -18,7 +18,7 @@ from schemas.maps import write_mapset
 
 STAGE_VERSION = "1.0"
 
-_ROW_ARRAYS = ("alpha", "alpha_pos", "gxa", "grads")
+_ROW_ARRAYS = ("alpha", "alpha_pos", "gxa", "gnorm", "grads")
 
 
 def sample_context(sample) -> dict[str, Any]:

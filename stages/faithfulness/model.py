@@ -118,7 +118,7 @@ def attribution_arrays(adapter: ModelAdapter, image: np.ndarray, state: np.ndarr
     """The stored capture arrays of one attribution row, recomputed in memory with the adapter's current weights.
 
     The same quantities :mod:`stages.capture.core` stores (``acts`` (N, D), ``alpha`` and ``alpha_pos`` (T, D),
-    ``gxa`` (T, N), ``tam_logits`` (T, N), grid order), so every base method and chain applies to them; the
+    ``gxa`` and ``gnorm`` (T, N), ``tam_logits`` (T, N), grid order), so every base method and chain applies to them; the
     model-randomisation check uses it to compare a randomised model's maps with the trained model's at the same
     token state and targets (Adebayo et al. 2018 keep input and target fixed).
     """
@@ -140,7 +140,7 @@ def attribution_arrays(adapter: ModelAdapter, image: np.ndarray, state: np.ndarr
     a = hidden[0, grid_abs].detach().float()
     g = grads[:, 0, grid_abs].float()
     out: dict[str, Any] = {
-        "acts": a, "alpha": g.mean(1), "alpha_pos": g.clamp(min=0).mean(1), "gxa": (g * a).sum(-1),
+        "acts": a, "alpha": g.mean(1), "alpha_pos": g.clamp(min=0).mean(1), "gxa": (g * a).sum(-1), "gnorm": g.norm(dim=-1),
         "tam_logits": logits[0, grid_abs][:, class_ids].detach().float().T,
     }
     return {k: v.cpu().numpy() for k, v in out.items()}

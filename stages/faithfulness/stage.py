@@ -63,6 +63,9 @@ class FaithfulnessConfig:
         Seed of the random orders, the random-noise maps and the re-initialised weights.
     limit : int or None
         Only the first ``limit`` samples (in sample-id order).
+    random_orders : int
+        Random cell orders averaged into each word's floor, and seeded noise maps averaged into the ``random``
+        method's curves (the random-order AUC varies a lot with where the object's cells happen to fall).
     """
 
     baseline: str = "mean"
@@ -73,13 +76,14 @@ class FaithfulnessConfig:
     batch_size: int = 16
     seed: int = 0
     limit: int | None = None
+    random_orders: int = 3
 
     def __post_init__(self) -> None:
         if self.baseline not in perturb.BASELINES:
             raise DcamError(f"baseline: must be one of {', '.join(perturb.BASELINES)}, got {self.baseline!r}")
         if self.targets not in TARGETS:
             raise DcamError(f"targets: must be one of {', '.join(TARGETS)}, got {self.targets!r}")
-        for name, low in (("points", 3), ("batch_size", 1), ("randomisation_samples", 0), ("window", 1), ("limit", 1)):
+        for name, low in (("points", 3), ("batch_size", 1), ("random_orders", 1), ("randomisation_samples", 0), ("window", 1), ("limit", 1)):
             v = getattr(self, name)
             if v is not None and v < low:
                 raise DcamError(f"{name}: must be >= {low}, got {v}")
@@ -393,27 +397,36 @@ def run_faithfulness(store_path: str | Path, methods: Mapping[str, str | Path], 
             if occ is None:
                 raise DcamError(f"no occlusion map for target {t} layer {layer}")
             norm = checks.token_norm_map(sample.array("acts", layer)[act_row[int(rec["attr_row"])]], grid)
-            rnd_order = np.random.default_rng(_seed(config.seed, sid, t, "order")).permutation(n_cells)
-            rnd_del, rnd_ins = _curves(pert, state, ts, 0, rnd_order, config.points, ends)
-            floor = (perturb.normalised_auc(rnd_del, ends[0]), perturb.normalised_auc(rnd_ins, ends[0]))
             ident = {"sample_id": sid, "target": t, "word": rec["word"], "layer": layer, "step": step}
-            curves.extend({**ident, "method": "", "curve": c, "values": v.tolist()}
-                          for c, v in (("random_deletion", rnd_del), ("random_insertion", rnd_ins)))
+
+            def aucs(orders, method: str, kinds: tuple[str, str]) -> tuple[float, float]:
+                """Mean deletion and insertion AUC over cell orders (their curves recorded)."""
+                out = []
+                for order in orders:
+                    dele, ins = _curves(pert, state, ts, 0, order, config.points, ends)
+                    curves.extend({**ident, "method": method, "curve": c, "values": v.tolist()}
+                                  for c, v in zip(kinds, (dele, ins)))
+                    out.append((perturb.normalised_auc(dele, ends[0]), perturb.normalised_auc(ins, ends[0])))
+                return tuple(float(np.mean(v)) for v in zip(*out))
+
+            draws = range(config.random_orders)
+            floor = aucs([np.random.default_rng(_seed(config.seed, sid, t, "order", k)).permutation(n_cells)
+                          for k in draws], "", ("random_deletion", "random_insertion"))
             for m in names:
-                if m == "random":
-                    mp = np.random.default_rng(_seed(config.seed, sid, t, "noise")).random(grid).astype(np.float32)
+                if m == "random":  # seeded noise maps, scored like a method: they must land on the floor
+                    noise = [np.random.default_rng(_seed(config.seed, sid, t, "noise", k)).random(grid).astype(np.float32)
+                             for k in draws]
+                    mp, orders = noise[0], [perturb.cell_order(n, seed=_seed(config.seed, sid, t, m, k))
+                                            for k, n in enumerate(noise)]
                 else:
                     mp = maps[m].get((sid, t, layer))
                     if mp is None:
                         continue
-                order = perturb.cell_order(mp, seed=_seed(config.seed, sid, t, m))
-                dele, ins = _curves(pert, state, ts, 0, order, config.points, ends)
-                curves.extend({**ident, "method": m, "curve": c, "values": v.tolist()}
-                              for c, v in (("deletion", dele), ("insertion", ins)))
+                    orders = [perturb.cell_order(mp, seed=_seed(config.seed, sid, t, m))]
+                deletion, insertion = aucs(orders, m, ("deletion", "insertion"))
                 per_map.append({
                     **ident, "method": m, "prob": float(ends[0]), "prob_removed": float(ends[1]),
-                    "deletion_auc": perturb.normalised_auc(dele, ends[0]),
-                    "insertion_auc": perturb.normalised_auc(ins, ends[0]),
+                    "deletion_auc": deletion, "insertion_auc": insertion,
                     "random_deletion_auc": floor[0], "random_insertion_auc": floor[1],
                     "occlusion_spearman": checks.spearman(mp, occ), "norm_spearman": checks.spearman(mp, norm),
                 })

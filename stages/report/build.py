@@ -706,7 +706,7 @@ def _row_target(view: _SampleView, kind: str, word: str) -> int | None:
 
 
 def _render_sample(view: _SampleView, presets: list[_Preset], out: Path, thumb: int, colors: int, cmap: str) -> str:
-    from stages.report.overlay import encode_png, fit_image, fit_mask, label_colors, outline, overlay, peak, save_png
+    from stages.report.overlay import encode_png, fit_image, fit_mask, label_colors, outline, peak, save_png
     from stages.score.metrics import resize_bilinear
     from stages.score.stage import unit_map
 
