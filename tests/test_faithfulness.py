@@ -15,6 +15,7 @@ from stages.capture.toy_adapter import ToyAdapter
 from stages.explain.runner import chain_from_preset, explain_run
 from stages.faithfulness.stage import FaithfulnessConfig
 from stages.synth.write import write_dataset
+from test_cli import run as _dcam  # (exit status, stdout, stderr) of dcam ARGS
 
 PRESETS = ("diffusion-cam", "gradcam", "llava-cam", "tam")
 CONFIG = FaithfulnessConfig(points=9, randomisation_samples=2)
@@ -140,18 +141,6 @@ def test_a_rerun_is_cached_and_loads_no_model(faith_run, monkeypatch):
     monkeypatch.undo()
     faithfulness_stage(faith_run["root"], run, config=changed)
     assert [s["status"] for s in run["faithfulness_stages"]] == ["computed", "computed", "computed"]
-
-
-def _dcam(args, capsys):
-    from flows.cli import main
-
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_cli_one_json_object_and_one_line_errors(faith_run, tmp_path, capsys):

@@ -114,12 +114,14 @@ def test_registry_declares_needs_and_returns_float32_stacks():
         "alpha_pos": ALPHA_POS,
         "gxa": np.array([[1.0, 2.0, 3.0, 4.0]]),
         "tam_logits": np.array([[-1.0, 2.0, 3.0, 4.0]]),
+        "gnorm": np.array([[0.5, 0.0, 2.0, 1.0]]),
     }
-    assert set(BASE_METHODS) == {"gradcam", "diffusion-cam-base", "llava-cam", "grad-x-act", "tam"}
+    assert set(BASE_METHODS) == {"gradcam", "diffusion-cam-base", "llava-cam", "grad-x-act", "grad-norm", "tam"}
     for name, method in BASE_METHODS.items():
         out = method(arrays, (2, 2))
         assert out.shape == (1, 2, 2) and out.dtype == np.float32, name
     np.testing.assert_allclose(BASE_METHODS["gradcam"](arrays, (2, 2)), [[[0.0, 2.0], [3.0, 0.0]]])
+    np.testing.assert_array_equal(BASE_METHODS["grad-norm"](arrays, (2, 2)), [[[0.5, 0.0], [2.0, 1.0]]])  # row-major grid
     method = get_base_method("tam")
     assert method.needs == ("tam_logits",)
     assert method.missing({"acts": ACTS}) == ["tam_logits"]
