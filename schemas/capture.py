@@ -39,7 +39,8 @@ LAYER_ARRAYS = ("acts", "alpha", "alpha_pos", "gxa", "grads")
 #: Sample attributes left out of its digest: they describe the run, not the content.
 VOLATILE_ATTRS = ("timings", "image_path")
 #: Per-sample arrays outside the layer groups.
-SAMPLE_ARRAYS = ("tokens", "unmask_step", "confidence", "step_feasible", "attr_steps", "act_row", "score", "tam_logits")
+SAMPLE_ARRAYS = ("tokens", "unmask_step", "confidence", "step_feasible", "attr_steps", "act_row", "score", "tam_logits",
+                 "recorded")
 
 
 def _zarr():

@@ -68,6 +68,11 @@ class ModelAdapter(abc.ABC):
     def __init__(self, model: torch.nn.Module):
         self.model = model
 
+    @property
+    def device(self) -> torch.device:
+        """The model's device: every tensor handed to the model is built or moved there."""
+        return next(self.model.parameters()).device
+
     # ------------------------------------------------------------- structure
     @abc.abstractmethod
     def blocks(self) -> Sequence[torch.nn.Module]:

@@ -1,4 +1,4 @@
-"""Capture one sample: generate, then replay the feasible steps with gradients.
+"""Capture one sample: generate, then replay the recorded steps with gradients.
 
 Generation runs the masked-diffusion sampler without gradients and records the
 trajectory (token state before every step, unmask step and confidence of every
@@ -6,8 +6,21 @@ position). The targets (generated words) are only known once generation ends, so
 attribution *replays* the recorded states: for every attribution step s the
 step's forward runs again on ``states[s]`` with gradients on and hooks on the
 chosen blocks; the forward is the same computation as during sampling (the
-capture checks this, ``replay_max_abs_diff``). The gradients of all targets'
-scores are taken in one batched vector-Jacobian product.
+capture checks this, ``replay_max_abs_diff``). The gradients of a step's
+targets are taken in one batched vector-Jacobian product.
+
+What is recorded follows the selection policy that will read it (``record``):
+``all`` replays every step and differentiates every target at it; ``unmask-step``
+replays only the steps at which some target was unmasked and differentiates each
+target at its own unmask step only, one gradient row per target instead of one
+per target and step. The per-sample array ``recorded`` (R, T) says which
+(row, target) pairs hold gradient statistics; the others are zero. Token states,
+unmask steps, scores and TAM logits stay recorded for every replayed row. In
+prefix-cache mode the prefix pass that feeds generation is run with gradients
+and reused by the replay, instead of a second prefix pass.
+
+Devices: every tensor handed to the model is on the model's device; results come
+back to the host through :func:`to_host`.
 
 Feasibility (``method.md`` §1.2): a hooked forward is feasible when its sequence
 contains the whole image span. In ``full`` mode (LLaDA-V, MMaDA) every step's
@@ -34,6 +47,8 @@ from stages.capture.targets import Target, build_targets, target_class_ids, targ
 
 MODES = ("full", "prefix-cache")
 GRAD_BATCHING = ("auto", "vmap", "loop")
+#: What a capture records: what the ``unmask-step`` selection policy reads, or every (step, target) pair.
+RECORD = ("unmask-step", "all")
 
 
 @dataclass(frozen=True)
@@ -50,6 +65,7 @@ class CaptureConfig:
     score: str = "logit"
     store_grads: bool = False
     grad_batching: str = "auto"
+    record: str = "unmask-step"
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -100,6 +116,46 @@ def resolve_batching(batching: str, mode: str) -> str:
     return "vmap" if mode == "full" else "loop"
 
 
+def to_host(t: torch.Tensor) -> np.ndarray:
+    """A tensor's values as a NumPy array on the host (detached, copied off the device)."""
+    return t.detach().cpu().numpy()
+
+
+def record_plan(targets: Sequence[Target], steps: int, record: str) -> tuple[list[int], np.ndarray]:
+    """Which steps to replay and which targets to differentiate at each.
+
+    Parameters
+    ----------
+    targets : sequence of Target
+    steps : int
+        Number of denoising steps.
+    record : {"unmask-step", "all"}
+
+    Returns
+    -------
+    attr_steps : list of int
+        The replayed steps, ascending (one attribution row each).
+    recorded : ndarray of bool, shape (R, T)
+        ``recorded[r, t]``: target ``t`` is differentiated at step ``attr_steps[r]``.
+
+    Examples
+    --------
+    >>> from stages.capture.targets import Target
+    >>> ts = [Target(0, "word", "a", (0,), (5,), 2), Target(1, "word", "b", (1,), (6,), 0),
+    ...       Target(2, "response", "a b", (0, 1), (5, 6), 2)]
+    >>> steps, rec = record_plan(ts, 4, "unmask-step")
+    >>> steps, rec.astype(int).tolist()
+    ([0, 2], [[0, 1, 0], [1, 0, 1]])
+    """
+    if record not in RECORD:
+        raise DcamError(f"--record must be one of {', '.join(RECORD)}, got {record!r}")
+    if record == "all":
+        return list(range(steps)), np.ones((steps, len(targets)), dtype=bool)
+    attr_steps = sorted({t.unmask_step for t in targets})
+    recorded = np.array([[t.unmask_step == s for t in targets] for s in attr_steps], dtype=bool)
+    return attr_steps, recorded.reshape(len(attr_steps), len(targets))
+
+
 def _vjp(scores: torch.Tensor, inputs: list[torch.Tensor], *, batching: str, retain_graph: bool) -> list[torch.Tensor]:
     """Gradients of every score w.r.t. every input: one (T, *input.shape) tensor per input."""
     t = scores.shape[0]
@@ -110,6 +166,19 @@ def _vjp(scores: torch.Tensor, inputs: list[torch.Tensor], *, batching: str, ret
         torch.autograd.grad(scores[i], inputs, retain_graph=retain_graph or i < t - 1) for i in range(t)
     ]
     return [torch.stack([g[j] for g in per_target]) for j in range(len(inputs))]
+
+
+def _prefix_with_grad(adapter: ModelAdapter, image: np.ndarray, prompt: str | None, layers: Sequence[int]):
+    """Prepare the prompt and run the prefix pass with gradients and hooks on ``layers``.
+
+    Returns (prep, cache, prefix logits or None, {layer: hooked hidden state (1, L, D)}): generation
+    steps run against this cache without gradients and the replay backpropagates into these hidden states.
+    """
+    with torch.enable_grad(), BlockRecorder(adapter.blocks(), layers, adapter.block_output) as rec:
+        prep = adapter.prepare(image, prompt)
+        cache, prefix_logits = adapter.prefix_pass(prep)
+        hidden = {r.layer: r.hidden for r in rec.take()}
+    return prep, cache, prefix_logits, hidden
 
 
 def capture_sample(
@@ -134,10 +203,11 @@ def capture_sample(
     -------
     SampleCapture
         Per-sample arrays (``tokens`` (S+1, G), ``unmask_step`` (G,), ``confidence`` (G,),
-        ``step_feasible`` (S,), ``attr_steps`` (R,), ``act_row`` (R,), ``score`` (R, T),
-        ``tam_logits`` (R, T, N)) and per-layer arrays (``acts`` (F, N, D) fp16, ``alpha``,
-        ``alpha_pos`` (R, T, D), ``gxa`` (R, T, N), optionally ``grads`` (R, T, N, D) fp16), where
-        N = grid_h * grid_w (grid order), T targets, R attribution rows, F activation rows.
+        ``step_feasible`` (S,), ``attr_steps`` (R,), ``act_row`` (R,), ``recorded`` (R, T) bool,
+        ``score`` (R, T), ``tam_logits`` (R, T, N)) and per-layer arrays (``acts`` (F, N, D) fp16,
+        ``alpha``, ``alpha_pos`` (R, T, D), ``gxa`` (R, T, N), optionally ``grads`` (R, T, N, D) fp16),
+        where N = grid_h * grid_w (grid order), T targets, R attribution rows (the replayed steps,
+        ``attr_steps``), F activation rows. Gradient statistics of pairs not ``recorded`` are zero.
     """
     from stages.dmllm.sampler import masked_diffusion_sample
 
@@ -145,16 +215,26 @@ def capture_sample(
         raise DcamError(f"--mode must be one of {', '.join(MODES)}, got {config.mode!r}")
     if config.grad_batching not in GRAD_BATCHING:
         raise DcamError(f"grad_batching must be one of {GRAD_BATCHING}, got {config.grad_batching!r}")
+    if config.record not in RECORD:
+        raise DcamError(f"--record must be one of {', '.join(RECORD)}, got {config.record!r}")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     adapter.prepare_for_backward()
     seed = sample_seed(config.seed, sample_id)
     generator = torch.Generator(device="cpu").manual_seed(seed)
 
+    prefix = None
+    if config.mode == "prefix-cache":
+        prefix = _prefix_with_grad(adapter, image, prompt, config.layers)
+        prep, cache = prefix[0], prefix[1]
+        logits_fn = lambda x: adapter.answer_logits(prep, cache, x)  # noqa: E731
+    else:
+        with torch.no_grad():
+            prep = adapter.prepare(image, prompt)
+        logits_fn = adapter.logits_fn(prep, config.mode)
     with torch.no_grad():
-        prep = adapter.prepare(image, prompt)
         traj = masked_diffusion_sample(
-            adapter.logits_fn(prep, config.mode),
+            logits_fn,
             gen_length=adapter.gen_length,
             mask_id=adapter.mask_id,
             steps=config.steps,
@@ -163,7 +243,8 @@ def capture_sample(
             remasking=config.remasking,
             generator=generator,
             forbid_ids=adapter.forbid_ids,
-        )
+            device=adapter.device,
+        ).to("cpu")
     timings["generate"] = time.perf_counter() - t0
 
     final = traj.final.tolist()
@@ -176,9 +257,11 @@ def capture_sample(
 
     t1 = time.perf_counter()
     with torch.enable_grad():
-        # Prepare again under grad so the image-span activations are in the graph.
-        prep = adapter.prepare(image, prompt)
-        rows = _replay(adapter, prep, traj, targets, config)
+        if prefix is None:
+            # Prepare again under grad so the image-span activations are in the graph.
+            prep = adapter.prepare(image, prompt)
+        rows = _replay(adapter, prep, traj, targets, config, prefix=prefix)
+    del prefix
     timings["attribute"] = time.perf_counter() - t1
 
     span = prep.span
@@ -195,6 +278,7 @@ def capture_sample(
         "steps": config.steps,
         "block_length": config.block_length,
         "score_kind": config.score,
+        "record": config.record,
         "sample_seed": seed,
         "forwards": rows["forwards"],
         "replay_max_abs_diff": rows["replay_max_abs_diff"],
@@ -207,6 +291,7 @@ def capture_sample(
         "step_feasible": rows["step_feasible"],
         "attr_steps": rows["attr_steps"],
         "act_row": rows["act_row"],
+        "recorded": rows["recorded"],
         "score": rows["score"],
         "tam_logits": rows["tam_logits"],
     }
@@ -215,21 +300,27 @@ def capture_sample(
     return SampleCapture(arrays, rows["layer_arrays"], attrs, timings)
 
 
-def _replay(adapter: ModelAdapter, prep: Prepared, traj, targets: list[Target], config: CaptureConfig) -> dict:
+def _replay(adapter: ModelAdapter, prep: Prepared, traj, targets: list[Target], config: CaptureConfig, *,
+            prefix=None) -> dict:
+    """Replay the steps :func:`record_plan` names with gradients (``traj`` on the host).
+
+    ``prefix``: in prefix-cache mode, :func:`_prefix_with_grad`'s output that generation ran against.
+    """
+    device = adapter.device
     span = prep.span
-    grid_abs = torch.as_tensor(span.start + grid_token_index(span), dtype=torch.long)
-    class_ids = torch.as_tensor(target_class_ids(targets), dtype=torch.long)
-    steps = config.steps
+    grid_abs = torch.as_tensor(span.start + grid_token_index(span), dtype=torch.long, device=device)
+    class_ids = torch.as_tensor(target_class_ids(targets), dtype=torch.long, device=device)
     g = adapter.gen_length
     shift = adapter.logit_shift
     p = prep.prompt_len
     layers = config.layers
-    blocks = adapter.blocks()
+    attr_steps, recorded = record_plan(targets, config.steps, config.record)
+    n_targets, n_grid = len(targets), len(grid_abs)
 
     acts: dict[int, list[np.ndarray]] = {l: [] for l in layers}
     stats: dict[int, dict[str, list[np.ndarray]]] = {l: {"alpha": [], "alpha_pos": [], "gxa": [], "grads": []} for l in layers}
-    scores, tams, attr_steps, act_row, forwards = [], [], [], [], []
-    step_feasible = np.zeros(steps, dtype=bool)
+    scores, tams, act_row, forwards = [], [], [], []
+    step_feasible = np.zeros(config.steps, dtype=bool)
     replay_diff = 0.0
     banned = sorted({adapter.mask_id, *adapter.forbid_ids})
     batching = resolve_batching(config.grad_batching, config.mode)
@@ -237,92 +328,96 @@ def _replay(adapter: ModelAdapter, prep: Prepared, traj, targets: list[Target], 
     def feasible(rec) -> bool:
         return rec.seq_len >= span.end
 
-    def add_stats(layer: int, hidden: torch.Tensor, grads: torch.Tensor) -> None:
-        a = hidden[0, grid_abs].detach().float()  # (N, D)
-        gr = grads[:, 0, grid_abs].float()  # (T, N, D)
-        stats[layer]["alpha"].append(gr.mean(1).numpy())
-        stats[layer]["alpha_pos"].append(gr.clamp(min=0).mean(1).numpy())
-        stats[layer]["gxa"].append((gr * a).sum(-1).numpy())
+    def add_stats(layer: int, hidden: torch.Tensor, grads: torch.Tensor | None, which: np.ndarray) -> None:
+        """Statistics of the gradients (k, 1, L, D) of the targets ``which``; zero rows for the others."""
+        d = hidden.shape[-1]
+        row = {"alpha": np.zeros((n_targets, d), np.float32), "alpha_pos": np.zeros((n_targets, d), np.float32),
+               "gxa": np.zeros((n_targets, n_grid), np.float32)}
         if config.store_grads:
-            stats[layer]["grads"].append(gr.numpy().astype(np.float16))
+            row["grads"] = np.zeros((n_targets, n_grid, d), np.float16)
+        if grads is not None:
+            a = hidden[0, grid_abs].detach().float()  # (N, D)
+            gr = grads[:, 0, grid_abs].float()  # (k, N, D)
+            row["alpha"][which] = to_host(gr.mean(1))
+            row["alpha_pos"][which] = to_host(gr.clamp(min=0).mean(1))
+            row["gxa"][which] = to_host((gr * a).sum(-1))
+            if config.store_grads:
+                row["grads"][which] = to_host(gr).astype(np.float16)
+        for name, value in row.items():
+            stats[layer][name].append(value)
 
     def check_replay(resp_logits: torch.Tensor, s: int) -> float:
         pos = traj.transfer[s]
         if len(pos) == 0:
             return 0.0
-        logits = resp_logits.detach().double().clone()
+        logits = resp_logits.detach()[pos.to(device)].double()
         logits[..., banned] = float("-inf")  # as the sampler scores confidence
-        probs = torch.softmax(logits, dim=-1)
-        ids = traj.final[pos]
-        return float((probs[pos, ids] - traj.confidence[pos].double()).abs().max())
+        probs = to_host(torch.softmax(logits, dim=-1))
+        ids = traj.final[pos].numpy()
+        return float(np.abs(probs[np.arange(len(pos)), ids] - traj.confidence[pos].double().numpy()).max())
 
-    with BlockRecorder(blocks, layers, adapter.block_output) as rec:
+    def attribute(s: int, resp: torch.Tensor, hidden: dict[int, torch.Tensor], *, retain_graph: bool) -> None:
+        """Scores of every target at step ``s``; gradients of the recorded ones."""
+        if config.remasking == "low_confidence":
+            nonlocal replay_diff
+            replay_diff = max(replay_diff, check_replay(resp, s))
+        which = recorded[len(scores)]
+        sc = target_scores(resp, targets)
+        idx = torch.as_tensor(np.flatnonzero(which), dtype=torch.long, device=device)
+        grads = (_vjp(sc[idx], [hidden[l] for l in layers], batching=batching, retain_graph=retain_graph)
+                 if which.any() else [None] * len(layers))
+        for l, gr in zip(layers, grads):
+            add_stats(l, hidden[l], gr, which)
+        scores.append(to_host(sc))
+
+    with BlockRecorder(adapter.blocks(), layers, adapter.block_output) as rec:
         if config.mode == "full":
-            for s in range(steps):
-                x = traj.states[s].unsqueeze(0)
+            for s in attr_steps:
+                x = traj.states[s].unsqueeze(0).to(device)
                 logits = adapter.full_logits(prep, x)
                 records = rec.take()
                 hidden = {r.layer: r.hidden for r in records}
                 forwards.append({"step": s, "kind": "full", "seq_len": records[0].seq_len,
                                  "contains_image_span": all(feasible(r) for r in records)})
-                step_feasible[s] = forwards[-1]["contains_image_span"]
                 resp = logits[0, p - shift : p - shift + g]
-                if config.remasking == "low_confidence":
-                    replay_diff = max(replay_diff, check_replay(resp, s))
-                sc = target_scores(resp, targets)
-                grads = _vjp(sc, [hidden[l] for l in layers], batching=batching, retain_graph=False)
-                for l, gr in zip(layers, grads):
-                    acts[l].append(hidden[l][0, grid_abs].detach().float().numpy().astype(np.float16))
-                    add_stats(l, hidden[l], gr)
-                scores.append(sc.detach().numpy())
-                tams.append(logits[0, grid_abs][:, class_ids].detach().T.numpy())
-                attr_steps.append(s)
-                act_row.append(len(attr_steps) - 1)
-                del logits, hidden, grads, sc
+                tams.append(to_host(logits[0, grid_abs][:, class_ids].T))
+                attribute(s, resp, hidden, retain_graph=False)
+                for l in layers:
+                    acts[l].append(to_host(hidden[l][0, grid_abs].float()).astype(np.float16))
+                act_row.append(len(act_row))
+                del logits, hidden, resp
         else:
-            cache, prefix_logits = adapter.prefix_pass(prep)
-            records = rec.take()
-            hidden = {r.layer: r.hidden for r in records}
-            forwards.append({"step": -1, "kind": "prefix", "seq_len": records[0].seq_len,
-                             "contains_image_span": all(feasible(r) for r in records)})
+            _, cache, prefix_logits, hidden = prefix
+            seq_len = hidden[layers[0]].shape[1]
+            forwards.append({"step": -1, "kind": "prefix", "seq_len": seq_len,
+                             "contains_image_span": seq_len >= span.end})
             if not forwards[-1]["contains_image_span"]:
                 raise DcamError("the prefix pass does not contain the whole image span")
             for l in layers:
-                acts[l].append(hidden[l][0, grid_abs].detach().float().numpy().astype(np.float16))
+                acts[l].append(to_host(hidden[l][0, grid_abs].float()).astype(np.float16))
             if prefix_logits is not None:
-                tam_row = prefix_logits[0, grid_abs][:, class_ids].detach().T.numpy()
+                tam_row = to_host(prefix_logits[0, grid_abs][:, class_ids].T)
             else:
-                tam_row = np.full((len(targets), len(grid_abs)), np.nan, dtype=np.float32)
-            for s in range(steps):
-                x = traj.states[s].unsqueeze(0)
+                tam_row = np.full((n_targets, n_grid), np.nan, dtype=np.float32)
+            for s in attr_steps:
+                x = traj.states[s].unsqueeze(0).to(device)
                 resp = adapter.answer_logits(prep, cache, x)[0]
                 records = rec.take()  # none where the answer pass runs other blocks (DiffusionGemma's decoder)
                 forwards.append({"step": s, "kind": "answer", "seq_len": records[0].seq_len if records else 0,
                                  "contains_image_span": bool(records) and all(feasible(r) for r in records)})
-                step_feasible[s] = forwards[-1]["contains_image_span"]
-                if config.remasking == "low_confidence":
-                    replay_diff = max(replay_diff, check_replay(resp, s))
-                sc = target_scores(resp, targets)
-                grads = _vjp(sc, [hidden[l] for l in layers], batching=batching, retain_graph=True)
-                for l, gr in zip(layers, grads):
-                    add_stats(l, hidden[l], gr)
-                scores.append(sc.detach().numpy())
                 tams.append(tam_row)
-                attr_steps.append(s)
+                attribute(s, resp, hidden, retain_graph=True)
                 act_row.append(0)
-                del resp, grads, sc
+                del resp
             del cache, hidden
+    # Every step's forward of a kind has the same sequence, so a replayed one stands for all of its kind.
+    step_feasible[:] = bool(forwards[-1]["contains_image_span"]) if attr_steps else False
 
     layer_arrays: dict[int, dict[str, np.ndarray]] = {}
     for l in layers:
-        la = {
-            "acts": np.stack(acts[l]),
-            "alpha": np.stack(stats[l]["alpha"]).astype(np.float32),
-            "alpha_pos": np.stack(stats[l]["alpha_pos"]).astype(np.float32),
-            "gxa": np.stack(stats[l]["gxa"]).astype(np.float32),
-        }
-        if config.store_grads:
-            la["grads"] = np.stack(stats[l]["grads"])
+        la = {"acts": np.stack(acts[l])}
+        for name in ("alpha", "alpha_pos", "gxa", *(("grads",) if config.store_grads else ())):
+            la[name] = np.stack(stats[l][name])
         layer_arrays[l] = la
     return {
         "layer_arrays": layer_arrays,
@@ -330,6 +425,7 @@ def _replay(adapter: ModelAdapter, prep: Prepared, traj, targets: list[Target], 
         "tam_logits": np.stack(tams).astype(np.float32),
         "attr_steps": np.asarray(attr_steps, dtype=np.int16),
         "act_row": np.asarray(act_row, dtype=np.int16),
+        "recorded": recorded,
         "step_feasible": step_feasible,
         "forwards": forwards,
         "replay_max_abs_diff": replay_diff,

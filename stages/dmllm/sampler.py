@@ -11,6 +11,10 @@ when ``temperature > 0``), score each prediction (its softmax probability for ``
 draw for ``"random"``), and commit the ``k`` highest-scoring masked positions of the block, where ``k``
 follows LLaDA's even split of the block's masked count over its steps (:func:`num_transfer_tokens`).
 Positions after the current block score −inf and are never committed early.
+
+Devices: every tensor the sampler builds lives on ``device`` (the model's); the noise is drawn from a CPU
+generator and moved there, so one seed gives one trajectory on any device. The loop never reads a value back
+to the host (a block's masked count is its length: later positions are never committed early).
 """
 
 from __future__ import annotations
@@ -53,6 +57,14 @@ class Trajectory:
         """Number of denoising steps."""
         return len(self.transfer)
 
+    def to(self, device: torch.device | str) -> "Trajectory":
+        """The same trajectory with every tensor on ``device`` (``"cpu"`` to read it back)."""
+        return Trajectory(
+            states=self.states.to(device), unmask_step=self.unmask_step.to(device),
+            confidence=self.confidence.to(device), transfer=[t.to(device) for t in self.transfer],
+            final=self.final.to(device),
+        )
+
 
 def num_transfer_tokens(num_masked: int, steps: int) -> list[int]:
     """How many of a block's masked positions to commit at each of its steps (LLaDA ``get_num_transfer_tokens``).
@@ -70,15 +82,25 @@ def num_transfer_tokens(num_masked: int, steps: int) -> list[int]:
     return [base + 1 if i < remainder else base for i in range(steps)]
 
 
+def uniform_on(shape: Sequence[int], device: torch.device | str, generator: torch.Generator | None) -> torch.Tensor:
+    """Float64 uniform draws of ``shape`` from ``generator`` on the CPU, moved to ``device``.
+
+    Drawing on the CPU makes a seed give the same numbers on every device (a CUDA generator draws others,
+    and a CPU generator cannot draw on CUDA).
+    """
+    return torch.rand(tuple(shape), dtype=torch.float64, generator=generator).to(device)
+
+
 def add_gumbel_noise(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
     """Gumbel-max perturbation of ``logits`` as in LLaDA: ``exp(logits) / (-log u) ** temperature`` in float64.
 
     Its argmax is a sample from ``softmax(logits / temperature)``; ``temperature == 0`` returns ``logits``.
+    ``u`` comes from :func:`uniform_on` (CPU generator, moved to the logits' device).
     """
     if temperature == 0:
         return logits
     logits = logits.to(torch.float64)
-    u = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=generator)
+    u = uniform_on(logits.shape, logits.device, generator)
     return logits.exp() / (-torch.log(u)) ** temperature
 
 
@@ -118,6 +140,7 @@ def masked_diffusion_sample(
     generator: torch.Generator | None = None,
     forbid_ids: Sequence[int] = (),
     grad: bool = False,
+    device: torch.device | str = "cpu",
 ) -> Trajectory:
     """Fill ``gen_length`` masked positions in ``steps`` steps (module docstring).
 
@@ -144,10 +167,13 @@ def masked_diffusion_sample(
         Further token ids that may not be predicted (their logits are set to −inf), besides ``mask_id``.
     grad : bool
         False (default) runs under ``torch.no_grad()``; True leaves the caller's grad mode alone.
+    device : torch.device or str
+        The model's device: the answer state and everything derived from it live there.
 
     Returns
     -------
     Trajectory
+        On ``device`` (``trajectory.to("cpu")`` reads it back).
 
     Raises
     ------
@@ -162,16 +188,16 @@ def masked_diffusion_sample(
     banned = sorted({int(mask_id), *(int(i) for i in forbid_ids)})
 
     with contextlib.nullcontext() if grad else torch.no_grad():
-        x = torch.full((1, gen_length), mask_id, dtype=torch.long)
+        x = torch.full((1, gen_length), mask_id, dtype=torch.long, device=device)
         states = [x[0].clone()]
         transfer: list[torch.Tensor] = []
-        unmask_step = torch.full((gen_length,), -1, dtype=torch.long)
-        confidence = torch.zeros(gen_length, dtype=torch.float32)
-        position = torch.arange(gen_length)
+        unmask_step = torch.full((gen_length,), -1, dtype=torch.long, device=device)
+        confidence = torch.zeros(gen_length, dtype=torch.float32, device=device)
+        position = torch.arange(gen_length, device=device)
         for block in range(num_blocks):
             lo, hi = block * block_length, (block + 1) * block_length
-            schedule = num_transfer_tokens(int((x[0, lo:hi] == mask_id).sum()), steps_per_block)
-            for k in schedule:
+            # The block is all masked when it starts: positions after a block are never committed early.
+            for k in num_transfer_tokens(block_length, steps_per_block):
                 step = len(transfer)
                 logits = logits_fn(x).detach()
                 if logits.shape[:2] != (1, gen_length):
@@ -182,7 +208,7 @@ def masked_diffusion_sample(
                 if remasking == "low_confidence":
                     score = torch.softmax(logits.to(torch.float64), dim=-1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
                 else:
-                    score = torch.rand(x0.shape, dtype=torch.float64, generator=generator)
+                    score = uniform_on(x0.shape, device, generator)
                 masked = x == mask_id
                 score = torch.where(masked & (position < hi), score, torch.full_like(score, float("-inf")))
                 chosen = torch.topk(score[0], k).indices.sort().values

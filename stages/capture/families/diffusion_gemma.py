@@ -91,7 +91,7 @@ class DiffusionGemmaAdapter(ModelAdapter):
     def prepare(self, image: np.ndarray, prompt: str | None = None) -> Prepared:
         cfg = self.model.config
         k = cfg.vision_config.pooling_kernel_size
-        device = next(self.model.parameters()).device
+        device = self.device
         if self.processor is None:
             pixel_values, position_ids = patchify(image, self.image_size, cfg.vision_config.patch_size)
             side = self.image_size // cfg.vision_config.patch_size

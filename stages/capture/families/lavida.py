@@ -215,10 +215,6 @@ class LlavaFamilyAdapter(ModelAdapter):
         return self.model.get_model()
 
     @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
     def dtype(self) -> torch.dtype:
         return self.lm().image_newline.dtype
 

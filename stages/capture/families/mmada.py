@@ -90,7 +90,7 @@ class MMadaAdapter(ModelAdapter):
             prompt or self.default_prompt()
         )
         img = self.image_ids(image)
-        device = next(self.model.parameters()).device
+        device = self.device
         ids = torch.cat([
             torch.tensor([self.special_ids["<|mmu|>"], self.special_ids["<|soi|>"]]), img,
             torch.tensor([self.special_ids["<|eoi|>"]]), torch.tensor(text, dtype=torch.long),
