@@ -24,6 +24,7 @@ def capture(
     score: str = typer.Option("logit", "--score", help="logit: each word's token logit at its position (paper intent); contrastive: the official code's vocabulary-sum of token 2 minus token 1."),
     limit: int = typer.Option(None, "--limit", help="Capture only the first N samples."),
     store_grads: bool = typer.Option(False, "--store-grads", help="Also store full per-position gradients (T x N x D per step; large)."),
+    record: str = typer.Option("unmask-step", "--record", help="unmask-step: each target's gradients at the step it was unmasked only (what the unmask-step selection policy reads; several times cheaper); all: every step for every target (any policy)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing capture store at --out first."),
 ) -> None:
     """Run the model's masked-diffusion sampler, hook blocks, and store activations and gradients.
@@ -32,6 +33,7 @@ def capture(
     forward contains the whole image span (feasibility); for attribution steps and the hooked layers: image-span
     activations (fp16) and, per target (each generated word and the whole response), Grad-CAM channel weights,
     positive-gradient channel weights, per-position gradient x activation and the model's own logits (TAM).
+    --record unmask-step (default) keeps a target's gradients at its unmask step only; --record all at every step.
     Exit status: 0 if every sample was captured, 3 if some failed (reasons in 'dcam inspect').
     """
     if limit is not None and limit < 1:
@@ -42,6 +44,8 @@ def capture(
         raise DcamError(f"--mode must be 'full' or 'prefix-cache', got {mode!r}")
     if score not in ("logit", "contrastive"):
         raise DcamError(f"--score must be 'logit' or 'contrastive', got {score!r}")
+    if record not in ("unmask-step", "all"):
+        raise DcamError(f"--record must be 'unmask-step' or 'all', got {record!r}")
     if not data.exists():
         raise DcamError(f"--data: {data} does not exist")
     from stages.capture.registry import parse_model_spec
@@ -67,7 +71,7 @@ def capture(
     block_length = block_length or g
     config = CaptureConfig(
         layers=resolve_layers(adapter, layer_list), steps=steps, block_length=block_length, mode=mode,
-        seed=seed, temperature=temperature, score=score, store_grads=store_grads,
+        seed=seed, temperature=temperature, score=score, store_grads=store_grads, record=record,
     )
     counts = {"ok": 0, "failed": 0, "skipped": 0}
     with progress_bar("capture", None) as advance:
@@ -79,7 +83,7 @@ def capture(
                                    overwrite=overwrite, on_sample=on_sample)
     typer.echo(
         f"captured {manifest.n_ok} samples, {manifest.n_failed} failed ({counts['skipped']} already complete) "
-        f"-> {out}  [{config.mode}, layers {list(config.layers)}, {config.steps} steps]"
+        f"-> {out}  [{config.mode}, layers {list(config.layers)}, {config.steps} steps, record {config.record}]"
     )
     for s in manifest.failed()[:5]:
         typer.echo(f"  failed {s.sample_id}: {s.reason}")

@@ -201,7 +201,7 @@ def capture_shard(cfg: RunConfig, dataset: str, shard: list[str]) -> dict[str, A
         config = CaptureConfig(
             layers=resolve_layers(adapter, c.layers), steps=c.steps or getattr(adapter, "default_steps", adapter.gen_length),
             block_length=c.block_length or adapter.gen_length, mode=mode, seed=c.seed, temperature=c.temperature,
-            score=c.score, store_grads=c.store_grads,
+            score=c.score, store_grads=c.store_grads, record=c.record,
         )
         capture_dataset(dataset, store, adapter=adapter, model_spec=c.model, config=config, limit=cfg.dataset.limit,
                         sample_ids=shard, finalize_store=False)

@@ -93,6 +93,16 @@ class CaptureSample:
         except KeyError:
             raise DcamError(f"sample {self.sample_id} has no array '{key}' in its capture") from None
 
+    def recorded(self) -> np.ndarray:
+        """Bool array (R, T): which (attribution row, target) pairs hold gradient statistics.
+
+        ``dcam capture --record unmask-step`` records each target at its unmask step only; stores written
+        before ``--record`` existed recorded every pair.
+        """
+        if self.has("recorded"):
+            return self.array("recorded").astype(bool)
+        return np.ones((len(self.array("attr_steps")), len(self.targets)), dtype=bool)
+
     def has(self, name: str, layer: int | None = None) -> bool:
         key = f"L{layer}/{name}" if layer is not None else name
         try:

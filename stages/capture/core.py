@@ -9,6 +9,14 @@ chosen blocks; the forward is the same computation as during sampling (the
 capture checks this, ``replay_max_abs_diff``). The gradients of a step's
 targets are taken in one batched vector-Jacobian product.
 
+Where it is cheaper, the replay has no second forward: the weights are frozen
+during a capture, so a step's graph starts at the first hooked block (the hook
+makes its output a leaf) and holds only the blocks above it; generation runs its
+steps with that graph on and keeps it, while the kept graphs fit in
+``graph_budget`` bytes (counted from the tensors autograd saves, plus the kept
+logits), and the replay backpropagates through the kept graph of a step instead
+of running the step again. Steps beyond the budget are replayed.
+
 What is recorded follows the selection policy that will read it (``record``):
 ``all`` replays every step and differentiates every target at it; ``unmask-step``
 replays only the steps at which some target was unmasked and differentiates each
@@ -32,9 +40,10 @@ activations, which all steps share.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -42,13 +51,15 @@ import torch
 from schemas.errors import DcamError
 from schemas.span import grid_token_index
 from stages.capture.adapter import ModelAdapter, Prepared
-from stages.capture.hooks import BlockRecorder
+from stages.capture.hooks import BlockRecorder, frozen_weights
 from stages.capture.targets import Target, build_targets, target_class_ids, target_scores
 
 MODES = ("full", "prefix-cache")
 GRAD_BATCHING = ("auto", "vmap", "loop")
 #: What a capture records: what the ``unmask-step`` selection policy reads, or every (step, target) pair.
 RECORD = ("unmask-step", "all")
+#: Bytes of step graphs that generation may keep for the replay (see the module docstring).
+GRAPH_BUDGET = 2 << 30
 
 
 @dataclass(frozen=True)
@@ -168,17 +179,79 @@ def _vjp(scores: torch.Tensor, inputs: list[torch.Tensor], *, batching: str, ret
     return [torch.stack([g[j] for g in per_target]) for j in range(len(inputs))]
 
 
-def _prefix_with_grad(adapter: ModelAdapter, image: np.ndarray, prompt: str | None, layers: Sequence[int]):
-    """Prepare the prompt and run the prefix pass with gradients and hooks on ``layers``.
+@dataclass
+class _Step:
+    """One step's hooked forward: response logits (G, V) and the logits at the grid tokens (N, V) or None
+    (prefix-cache: TAM reads the prefix pass), in the graph, and the hooked blocks' records."""
 
-    Returns (prep, cache, prefix logits or None, {layer: hooked hidden state (1, L, D)}): generation
-    steps run against this cache without gradients and the replay backpropagates into these hidden states.
-    """
-    with torch.enable_grad(), BlockRecorder(adapter.blocks(), layers, adapter.block_output) as rec:
-        prep = adapter.prepare(image, prompt)
-        cache, prefix_logits = adapter.prefix_pass(prep)
-        hidden = {r.layer: r.hidden for r in rec.take()}
-    return prep, cache, prefix_logits, hidden
+    resp: torch.Tensor
+    grid_logits: torch.Tensor | None
+    records: list
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.resp, self.grid_logits) if t is not None)
+
+
+@contextlib.contextmanager
+def _saved_bytes(exclude: set[int]) -> Iterator[list[int]]:
+    """Count the bytes of the tensors autograd saves inside the block (each storage once; ``exclude``:
+    storages that exist anyway, the weights). Yields a one-element list holding the count."""
+    seen, total = set(exclude), [0]
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            total[0] += storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield total
+
+
+class _StepForward:
+    """A step's hooked forward on the answer state ``x`` (1, G): a full pass, or an answer pass against the
+    prefix cache."""
+
+    def __init__(self, adapter: ModelAdapter, prep: Prepared, mode: str, rec: BlockRecorder, cache: Any,
+                 grid_abs: torch.Tensor):
+        self.adapter, self.prep, self.mode, self.rec, self.cache = adapter, prep, mode, rec, cache
+        start = prep.prompt_len - adapter.logit_shift
+        self.resp_idx = torch.arange(start, start + adapter.gen_length, device=grid_abs.device)
+        self.grid_abs = grid_abs
+
+    def __call__(self, x: torch.Tensor) -> _Step:
+        if self.mode == "full":
+            logits = self.adapter.full_logits(self.prep, x)
+            # Index copies, so the whole (P + G, V) logits are not kept alive.
+            return _Step(logits[0, self.resp_idx], logits[0, self.grid_abs], self.rec.take())
+        return _Step(self.adapter.answer_logits(self.prep, self.cache, x)[0], None, self.rec.take())
+
+
+class _KeepingLogits:
+    """The sampler's ``logits_fn``: runs each step's hooked forward with its graph and keeps it for the replay
+    while the kept graphs fit in ``budget`` bytes; past that, runs without a graph."""
+
+    def __init__(self, forward: _StepForward, budget: int, weights: set[int]):
+        self.forward, self.budget, self.weights = forward, budget, weights
+        self.kept: dict[int, _Step] = {}
+        self.calls = 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        step = self.calls
+        self.calls += 1
+        if self.budget <= 0:
+            return self.forward(x).resp.unsqueeze(0)
+        with torch.enable_grad(), _saved_bytes(self.weights) as saved:
+            out = self.forward(x)
+        size = saved[0] + out.nbytes
+        if size <= self.budget:
+            self.kept[step] = out
+            self.budget -= size
+        else:
+            self.budget = 0
+        return out.resp.detach().unsqueeze(0)
 
 
 def capture_sample(
@@ -188,6 +261,7 @@ def capture_sample(
     *,
     sample_id: str,
     prompt: str | None = None,
+    graph_budget: int = GRAPH_BUDGET,
 ) -> SampleCapture:
     """Generate a response for ``image`` and capture activations and gradient statistics.
 
@@ -198,6 +272,11 @@ def capture_sample(
     config : CaptureConfig
     sample_id : str
         Used for the per-sample seed.
+    prompt : str, optional
+        The dataset's prompt (default: the adapter's).
+    graph_budget : int
+        Bytes of step graphs generation may keep so the replay needs no second forward (module docstring);
+        0 replays every recorded step. Changes the cost, never the content.
 
     Returns
     -------
@@ -209,29 +288,39 @@ def capture_sample(
         where N = grid_h * grid_w (grid order), T targets, R attribution rows (the replayed steps,
         ``attr_steps``), F activation rows. Gradient statistics of pairs not ``recorded`` are zero.
     """
-    from stages.dmllm.sampler import masked_diffusion_sample
-
     if config.mode not in MODES:
         raise DcamError(f"--mode must be one of {', '.join(MODES)}, got {config.mode!r}")
     if config.grad_batching not in GRAD_BATCHING:
         raise DcamError(f"grad_batching must be one of {GRAD_BATCHING}, got {config.grad_batching!r}")
     if config.record not in RECORD:
         raise DcamError(f"--record must be one of {', '.join(RECORD)}, got {config.record!r}")
+    adapter.prepare_for_backward()
+    with frozen_weights(adapter.model), BlockRecorder(adapter.blocks(), config.layers, adapter.block_output) as rec:
+        return _capture(adapter, image, config, rec, sample_id=sample_id, prompt=prompt, graph_budget=graph_budget)
+
+
+def _capture(adapter: ModelAdapter, image: np.ndarray, config: CaptureConfig, rec: BlockRecorder, *,
+             sample_id: str, prompt: str | None, graph_budget: int) -> SampleCapture:
+    from stages.dmllm.sampler import masked_diffusion_sample
+
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    adapter.prepare_for_backward()
     seed = sample_seed(config.seed, sample_id)
     generator = torch.Generator(device="cpu").manual_seed(seed)
+    device = adapter.device
 
+    with torch.no_grad():
+        prep = adapter.prepare(image, prompt)
+    span = prep.span
+    grid_abs = torch.as_tensor(span.start + grid_token_index(span), dtype=torch.long, device=device)
     prefix = None
     if config.mode == "prefix-cache":
-        prefix = _prefix_with_grad(adapter, image, prompt, config.layers)
-        prep, cache = prefix[0], prefix[1]
-        logits_fn = lambda x: adapter.answer_logits(prep, cache, x)  # noqa: E731
-    else:
-        with torch.no_grad():
-            prep = adapter.prepare(image, prompt)
-        logits_fn = adapter.logits_fn(prep, config.mode)
+        with torch.enable_grad():  # the graph starts at the hooked blocks of the prefix pass
+            cache, prefix_logits = adapter.prefix_pass(prep)
+        prefix = (cache, prefix_logits, {r.layer: r.hidden for r in rec.take()})
+    forward = _StepForward(adapter, prep, config.mode, rec, prefix[0] if prefix else None, grid_abs)
+    weights = {p.untyped_storage().data_ptr() for p in adapter.model.parameters()}
+    logits_fn = _KeepingLogits(forward, graph_budget, weights)
     with torch.no_grad():
         traj = masked_diffusion_sample(
             logits_fn,
@@ -243,7 +332,7 @@ def capture_sample(
             remasking=config.remasking,
             generator=generator,
             forbid_ids=adapter.forbid_ids,
-            device=adapter.device,
+            device=device,
         ).to("cpu")
     timings["generate"] = time.perf_counter() - t0
 
@@ -257,14 +346,10 @@ def capture_sample(
 
     t1 = time.perf_counter()
     with torch.enable_grad():
-        if prefix is None:
-            # Prepare again under grad so the image-span activations are in the graph.
-            prep = adapter.prepare(image, prompt)
-        rows = _replay(adapter, prep, traj, targets, config, prefix=prefix)
-    del prefix
+        rows = _replay(adapter, forward, traj, targets, config, kept=logits_fn.kept, prefix=prefix)
+    del prefix, logits_fn
     timings["attribute"] = time.perf_counter() - t1
 
-    span = prep.span
     attrs = {
         "status": "ok",
         "prompt": prompt if prompt else adapter.default_prompt(),
@@ -300,25 +385,26 @@ def capture_sample(
     return SampleCapture(arrays, rows["layer_arrays"], attrs, timings)
 
 
-def _replay(adapter: ModelAdapter, prep: Prepared, traj, targets: list[Target], config: CaptureConfig, *,
-            prefix=None) -> dict:
-    """Replay the steps :func:`record_plan` names with gradients (``traj`` on the host).
+def _replay(adapter: ModelAdapter, forward: _StepForward, traj, targets: list[Target], config: CaptureConfig, *,
+            kept: dict[int, _Step], prefix=None) -> dict:
+    """Differentiate the (step, target) pairs :func:`record_plan` names (``traj`` on the host).
 
-    ``prefix``: in prefix-cache mode, :func:`_prefix_with_grad`'s output that generation ran against.
+    ``kept``: step graphs generation kept (used, and dropped, instead of a second forward); ``prefix``: in
+    prefix-cache mode, (cache, prefix logits, {layer: hooked hidden}) of the prefix pass generation ran against.
     """
     device = adapter.device
-    span = prep.span
-    grid_abs = torch.as_tensor(span.start + grid_token_index(span), dtype=torch.long, device=device)
+    span = forward.prep.span
+    grid_abs = forward.grid_abs
     class_ids = torch.as_tensor(target_class_ids(targets), dtype=torch.long, device=device)
-    g = adapter.gen_length
-    shift = adapter.logit_shift
-    p = prep.prompt_len
     layers = config.layers
     attr_steps, recorded = record_plan(targets, config.steps, config.record)
+    for s in set(kept) - set(attr_steps):
+        del kept[s]
     n_targets, n_grid = len(targets), len(grid_abs)
 
     acts: dict[int, list[np.ndarray]] = {l: [] for l in layers}
-    stats: dict[int, dict[str, list[np.ndarray]]] = {l: {"alpha": [], "alpha_pos": [], "gxa": [], "grads": []} for l in layers}
+    stats: dict[int, dict[str, list[np.ndarray]]] = {l: {"alpha": [], "alpha_pos": [], "gxa": [], "grads": []}
+                                                     for l in layers}
     scores, tams, act_row, forwards = [], [], [], []
     step_feasible = np.zeros(config.steps, dtype=bool)
     replay_diff = 0.0
@@ -358,8 +444,8 @@ def _replay(adapter: ModelAdapter, prep: Prepared, traj, targets: list[Target], 
 
     def attribute(s: int, resp: torch.Tensor, hidden: dict[int, torch.Tensor], *, retain_graph: bool) -> None:
         """Scores of every target at step ``s``; gradients of the recorded ones."""
+        nonlocal replay_diff
         if config.remasking == "low_confidence":
-            nonlocal replay_diff
             replay_diff = max(replay_diff, check_replay(resp, s))
         which = recorded[len(scores)]
         sc = target_scores(resp, targets)
@@ -370,46 +456,37 @@ def _replay(adapter: ModelAdapter, prep: Prepared, traj, targets: list[Target], 
             add_stats(l, hidden[l], gr, which)
         scores.append(to_host(sc))
 
-    with BlockRecorder(adapter.blocks(), layers, adapter.block_output) as rec:
-        if config.mode == "full":
-            for s in attr_steps:
-                x = traj.states[s].unsqueeze(0).to(device)
-                logits = adapter.full_logits(prep, x)
-                records = rec.take()
-                hidden = {r.layer: r.hidden for r in records}
-                forwards.append({"step": s, "kind": "full", "seq_len": records[0].seq_len,
-                                 "contains_image_span": all(feasible(r) for r in records)})
-                resp = logits[0, p - shift : p - shift + g]
-                tams.append(to_host(logits[0, grid_abs][:, class_ids].T))
-                attribute(s, resp, hidden, retain_graph=False)
-                for l in layers:
-                    acts[l].append(to_host(hidden[l][0, grid_abs].float()).astype(np.float16))
-                act_row.append(len(act_row))
-                del logits, hidden, resp
+    if prefix is not None:
+        _, prefix_logits, hidden = prefix
+        seq_len = hidden[layers[0]].shape[1]
+        forwards.append({"step": -1, "kind": "prefix", "seq_len": seq_len,
+                         "contains_image_span": seq_len >= span.end})
+        if not forwards[-1]["contains_image_span"]:
+            raise DcamError("the prefix pass does not contain the whole image span")
+        for l in layers:
+            acts[l].append(to_host(hidden[l][0, grid_abs].float()).astype(np.float16))
+        if prefix_logits is not None:
+            tam_row = to_host(prefix_logits[0, grid_abs][:, class_ids].T)
         else:
-            _, cache, prefix_logits, hidden = prefix
-            seq_len = hidden[layers[0]].shape[1]
-            forwards.append({"step": -1, "kind": "prefix", "seq_len": seq_len,
-                             "contains_image_span": seq_len >= span.end})
-            if not forwards[-1]["contains_image_span"]:
-                raise DcamError("the prefix pass does not contain the whole image span")
+            tam_row = np.full((n_targets, n_grid), np.nan, dtype=np.float32)
+    for s in attr_steps:
+        step = kept.pop(s, None) or forward(traj.states[s].unsqueeze(0).to(device))
+        records = step.records  # none where an answer pass runs other blocks (DiffusionGemma's decoder)
+        forwards.append({"step": s, "kind": "full" if prefix is None else "answer",
+                         "seq_len": records[0].seq_len if records else 0,
+                         "contains_image_span": bool(records) and all(feasible(r) for r in records)})
+        if prefix is None:
+            hidden = {r.layer: r.hidden for r in records}
+            tams.append(to_host(step.grid_logits[:, class_ids].T))
+            attribute(s, step.resp, hidden, retain_graph=False)
             for l in layers:
                 acts[l].append(to_host(hidden[l][0, grid_abs].float()).astype(np.float16))
-            if prefix_logits is not None:
-                tam_row = to_host(prefix_logits[0, grid_abs][:, class_ids].T)
-            else:
-                tam_row = np.full((n_targets, n_grid), np.nan, dtype=np.float32)
-            for s in attr_steps:
-                x = traj.states[s].unsqueeze(0).to(device)
-                resp = adapter.answer_logits(prep, cache, x)[0]
-                records = rec.take()  # none where the answer pass runs other blocks (DiffusionGemma's decoder)
-                forwards.append({"step": s, "kind": "answer", "seq_len": records[0].seq_len if records else 0,
-                                 "contains_image_span": bool(records) and all(feasible(r) for r in records)})
-                tams.append(tam_row)
-                attribute(s, resp, hidden, retain_graph=True)
-                act_row.append(0)
-                del resp
-            del cache, hidden
+            act_row.append(len(act_row))
+        else:
+            tams.append(tam_row)
+            attribute(s, step.resp, hidden, retain_graph=True)
+            act_row.append(0)
+        del step, records
     # Every step's forward of a kind has the same sequence, so a replayed one stands for all of its kind.
     step_feasible[:] = bool(forwards[-1]["contains_image_span"]) if attr_steps else False
 

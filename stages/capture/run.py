@@ -108,6 +108,9 @@ def capture_dataset(
         if on_sample:
             on_sample(sid, status)
 
+    # The model and everything loaded so far stay alive: freezing them keeps the collector from scanning them
+    # again (a gc.collect() per sample scanned ~400k objects, 0.3 to 0.4 s each).
+    gc.freeze()
     for s in samples:
         if store.is_complete(s.sample_id) and (store.sample(s.sample_id).ok or not retry_failed):
             if on_sample:
@@ -133,7 +136,7 @@ def capture_dataset(
             store.write_failed(s.sample_id, reason, {"image_path": s.image_path})
         if on_sample:
             on_sample(s.sample_id, status)
-        gc.collect()
+    gc.unfreeze()
 
     if not finalize_store:
         return None
