@@ -395,6 +395,7 @@ class MMadaReplica(nn.Module):
         self.text_vocab_size = text_vocab_size
         self.model = LLaDAModel(OlmoLladaConfig(vocab_size=text_vocab_size + len(self.spec.codebook)))
         self.vq_model = ColourQuantizer(self.spec)
+        self.config = SimpleNamespace(num_vq_tokens=self.spec.side**2)  # as MMaDA's config states its grid
 
     def forward(self, input_ids: torch.Tensor) -> LLaDAOutput:
         return self.model(input_ids)

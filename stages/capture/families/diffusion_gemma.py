@@ -34,7 +34,7 @@ import torch
 from schemas.errors import DcamError
 from schemas.span import SpanLayout
 from stages.capture.adapter import ModelAdapter, Prepared
-from stages.capture.families import REPLICA_PROMPT, HFCodec, require_path
+from stages.capture.families import REPLICA_PROMPT, HFCodec, check_loading_info, require_path
 
 
 def patchify(image: np.ndarray, size: int, patch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,15 +167,18 @@ def load_diffusion_gemma(path: str | None, device: str) -> DiffusionGemmaAdapter
     try:
         from transformers import AutoProcessor, DiffusionGemmaForBlockDiffusion
 
-        model = DiffusionGemmaForBlockDiffusion.from_pretrained(str(root), dtype=torch.bfloat16).to(device).eval()
+        model, info = DiffusionGemmaForBlockDiffusion.from_pretrained(str(root), dtype=torch.bfloat16,
+                                                                      output_loading_info=True)
+        model = model.to(device).eval()
         processor = AutoProcessor.from_pretrained(str(root))
     except Exception as exc:
         raise DcamError(
             f"--model diffusion-gemma: cannot load {root} with transformers' DiffusionGemma classes "
             f"({type(exc).__name__}); needs transformers >= 5 with diffusion_gemma and the checkpoint's processor files"
         ) from None
+    check_loading_info("diffusion-gemma", info)
     tok = processor.tokenizer
     return DiffusionGemmaAdapter(
-        model, HFCodec(tok), mask_id=tok.pad_token_id, eos_id=tok.eos_token_id, forbid_ids=(tok.pad_token_id,),
+        model, HFCodec(tok, (tok.eos_token_id,)), mask_id=tok.pad_token_id, eos_id=tok.eos_token_id, forbid_ids=(tok.pad_token_id,),
         processor=processor, default_prompt="Describe this image in detail.",
     )
