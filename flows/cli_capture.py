@@ -20,7 +20,8 @@ def capture(
     mode: str = typer.Option(None, "--mode", help="full: recompute prompt+image+answer every step (LLaDA-V/MMaDA); prefix-cache: image encoded once, gradients flow through the cache (LaViDa). Default: the family's own (toy: full)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed (per sample, derived from seed and sample id)."),
-    temperature: float = typer.Option(0.0, "--temperature", help="Gumbel-noise temperature of the sampler (0 = greedy)."),
+    temperature: float = typer.Option(None, "--temperature", help="Gumbel-noise temperature of the sampler (0 = greedy); default: the family's (see 'dcam models')."),
+    schedule: str = typer.Option(None, "--schedule", help="Tokens committed per step: even (LLaDA's even split) or shift (LaViDa's predict.py, shift 3); default: the family's."),
     score: str = typer.Option("logit", "--score", help="logit: each word's token logit at its position (paper intent); contrastive: the official code's vocabulary-sum of token 2 minus token 1."),
     limit: int = typer.Option(None, "--limit", help="Capture only the first N samples."),
     store_grads: bool = typer.Option(False, "--store-grads", help="Also store full per-position gradients (T x N x D per step; large)."),
@@ -44,6 +45,8 @@ def capture(
         raise DcamError(f"--mode must be 'full' or 'prefix-cache', got {mode!r}")
     if score not in ("logit", "contrastive"):
         raise DcamError(f"--score must be 'logit' or 'contrastive', got {score!r}")
+    if schedule not in (None, "even", "shift"):
+        raise DcamError(f"--schedule must be 'even' or 'shift', got {schedule!r}")
     if record not in ("unmask-step", "all"):
         raise DcamError(f"--record must be 'unmask-step' or 'all', got {record!r}")
     if not data.exists():
@@ -58,21 +61,14 @@ def capture(
         raise DcamError(f"--device {device}: CUDA is not available on this machine")
 
     from flows.progress import progress_bar
-    from stages.capture.core import CaptureConfig, resolve_layers
+    from stages.capture.core import family_config
     from stages.capture.registry import load_adapter
     from stages.capture.run import capture_dataset
 
     adapter = load_adapter(model, device=device)
-    mode = mode or getattr(adapter, "default_mode", "full")
-    if mode not in getattr(adapter, "modes", ("full", "prefix-cache")):
-        raise DcamError(f"--mode {mode}: the {adapter.family} family supports {', '.join(adapter.modes)}")
-    g = adapter.gen_length
-    steps = steps or getattr(adapter, "default_steps", g)
-    block_length = block_length or g
-    config = CaptureConfig(
-        layers=resolve_layers(adapter, layer_list), steps=steps, block_length=block_length, mode=mode,
-        seed=seed, temperature=temperature, score=score, store_grads=store_grads, record=record,
-    )
+    config = family_config(adapter, layers=layer_list, steps=steps, block_length=block_length, mode=mode,
+                           temperature=temperature, schedule=schedule, seed=seed, score=score,
+                           store_grads=store_grads, record=record)
     counts = {"ok": 0, "failed": 0, "skipped": 0}
     with progress_bar("capture", None) as advance:
         def on_sample(sid: str, status: str) -> None:
@@ -83,7 +79,8 @@ def capture(
                                    overwrite=overwrite, on_sample=on_sample)
     typer.echo(
         f"captured {manifest.n_ok} samples, {manifest.n_failed} failed ({counts['skipped']} already complete) "
-        f"-> {out}  [{config.mode}, layers {list(config.layers)}, {config.steps} steps, record {config.record}]"
+        f"-> {out}  [{config.mode}, layers {list(config.layers)}, {config.steps} steps ({config.schedule}), "
+        f"record {config.record}]"
     )
     for s in manifest.failed()[:5]:
         typer.echo(f"  failed {s.sample_id}: {s.reason}")
@@ -97,7 +94,7 @@ def models() -> None:
 
     for fam in FAMILIES.values():
         spec = fam.name if not fam.needs_path else f"{fam.name}:PATH"
-        typer.echo(f"{spec}\n    {fam.summary}\n    needs: {fam.needs}")
+        typer.echo(f"{spec}\n    {fam.summary}\n    sampler defaults: {fam.defaults}\n    needs: {fam.needs}")
 
 
 def register(app: typer.Typer) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stages.dmllm.sampler import masked_diffusion_sample, num_transfer_tokens
+from stages.dmllm.sampler import masked_diffusion_sample, num_transfer_tokens, shift_transfer_tokens
 
 MASK = 3
 VOCAB = 10
@@ -44,6 +44,38 @@ def sample(fn, **kw):
 )
 def test_num_transfer_tokens_is_llada_even_split(num_masked, steps, expected):
     assert num_transfer_tokens(num_masked, steps) == expected
+
+
+#: LaViDa's predict.py schedule for 64 tokens in 32 steps (generate.py's get_num_transfer_tokens_sch, shift 3).
+LAVIDA_64_IN_32 = [1] * 13 + [2, 1, 1, 2, 2, 1, 2, 2, 3, 2, 2, 3, 3, 4, 3, 4, 5, 5, 4]
+
+
+def test_shift_schedule_commits_as_lavida():
+    assert shift_transfer_tokens(64, 32) == LAVIDA_64_IN_32
+    assert shift_transfer_tokens(8, 4) == [1, 1, 2, 4]
+    assert shift_transfer_tokens(4, 6) == [1, 1, 1, 1, 0, 0]  # more steps than tokens: the rest commit nothing
+    for n, steps in ((64, 64), (37, 16), (128, 64), (5, 5)):
+        counts = shift_transfer_tokens(n, steps)
+        assert sum(counts) == n and all(c >= 1 for c in counts[: min(n, steps)])
+
+
+def test_the_sampler_follows_the_shift_schedule_per_block():
+    traj = sample(fixed_logits_fn(gen_length=64), gen_length=64, steps=64, block_length=32, schedule="shift")
+    assert [len(t) for t in traj.transfer] == shift_transfer_tokens(32, 32) * 2
+    assert (traj.unmask_step >= 0).all()
+
+
+def test_family_defaults_follow_upstream_and_options_override_them():
+    from stages.capture.core import family_config
+    from stages.capture.replicas import build_replica
+
+    lavida = build_replica("lavida-llada", gen_length=8)
+    config = family_config(lavida)
+    assert (config.schedule, config.temperature, config.steps, config.mode) == ("shift", 0.1, 4, "prefix-cache")
+    config = family_config(lavida, schedule="even", temperature=0.0, steps=8, mode="full")
+    assert (config.schedule, config.temperature, config.steps, config.mode) == ("even", 0.0, 8, "full")
+    config = family_config(build_replica("llada-v", gen_length=8))
+    assert (config.schedule, config.temperature, config.steps, config.mode) == ("even", 0.0, 8, "full")
 
 
 @pytest.mark.parametrize(
@@ -133,6 +165,7 @@ def test_greedy_is_independent_of_the_generator():
         (dict(steps=0), "steps"),
         (dict(temperature=-1.0), "temperature"),
         (dict(remasking="entropy"), "remasking"),
+        (dict(schedule="cosine"), "schedule"),
     ],
 )
 def test_bad_schedule_arguments_raise_naming_the_parameter(kw, name):

@@ -64,9 +64,21 @@ class ModelAdapter(abc.ABC):
     gen_length: int
     #: Token ids never sampled (mask, image placeholder, ...).
     forbid_ids: tuple[int, ...] = ()
+    #: Sampler modes the family supports, its own first (the default).
+    modes: tuple[str, ...] = ("full", "prefix-cache")
+    default_mode: str = "full"
+    #: The family's upstream sampler defaults: commit schedule, Gumbel temperature, steps per response token.
+    default_schedule: str = "even"
+    default_temperature: float = 0.0
+    step_ratio: float = 1.0
 
     def __init__(self, model: torch.nn.Module):
         self.model = model
+
+    @property
+    def default_steps(self) -> int:
+        """Denoising steps by default: ``step_ratio`` of the generation length (LaViDa's ``predict.py``: 0.5)."""
+        return max(1, int(self.gen_length * self.step_ratio))
 
     @property
     def device(self) -> torch.device:

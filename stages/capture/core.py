@@ -73,6 +73,7 @@ class CaptureConfig:
     seed: int = 0
     temperature: float = 0.0
     remasking: str = "low_confidence"
+    schedule: str = "even"
     score: str = "logit"
     store_grads: bool = False
     grad_batching: str = "auto"
@@ -90,6 +91,36 @@ class SampleCapture:
     layer_arrays: dict[int, dict[str, np.ndarray]]
     attrs: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
+
+
+def family_config(adapter: ModelAdapter, *, layers: Sequence[int] | None = None, steps: int | None = None,
+                  block_length: int | None = None, mode: str | None = None, temperature: float | None = None,
+                  schedule: str | None = None, **options: Any) -> CaptureConfig:
+    """The capture config, with the family's own defaults (``adapter.default_*``) for every option left None.
+
+    Parameters
+    ----------
+    adapter : ModelAdapter
+    layers, steps, block_length, mode, temperature, schedule : optional
+        None takes the family's: the middle block, ``adapter.default_steps``, one block, ``adapter.default_mode``,
+        ``adapter.default_temperature``, ``adapter.default_schedule``.
+    **options
+        The other :class:`CaptureConfig` fields (seed, score, store_grads, record, ...).
+
+    Raises
+    ------
+    DcamError
+        If the family does not support ``mode``.
+    """
+    mode = mode or adapter.default_mode
+    if mode not in adapter.modes:
+        raise DcamError(f"--mode {mode}: the {adapter.family} family supports {', '.join(adapter.modes)}")
+    return CaptureConfig(
+        layers=resolve_layers(adapter, layers), steps=steps or adapter.default_steps,
+        block_length=block_length or adapter.gen_length, mode=mode,
+        temperature=adapter.default_temperature if temperature is None else temperature,
+        schedule=schedule or adapter.default_schedule, **options,
+    )
 
 
 def resolve_layers(adapter: ModelAdapter, layers: Sequence[int] | None) -> tuple[int, ...]:
@@ -333,6 +364,7 @@ def _capture(adapter: ModelAdapter, image: np.ndarray, config: CaptureConfig, re
             generator=generator,
             forbid_ids=adapter.forbid_ids,
             device=device,
+            schedule=config.schedule,
         ).to("cpu")
     timings["generate"] = time.perf_counter() - t0
 

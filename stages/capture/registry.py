@@ -18,6 +18,8 @@ class Family:
     needs: str
     load: Callable[..., object]
     needs_path: bool = True
+    #: The sampler defaults the family's adapter declares (its upstream's), as ``dcam models`` shows them.
+    defaults: str = "even split (LLaDA), temperature 0, steps = generation length"
 
 
 def _toy(path: str | None, device: str):
@@ -71,6 +73,8 @@ FAMILIES: dict[str, Family] = {
         "LaViDa's repo (jacklishufan/LaViDa, pip install -e .) with its pins (transformers==4.50.3, deepspeed); "
         "LAVIDA_VISION_TOWER = local siglip-so400m-patch14-384",
         _lavida_llada,
+        defaults="LaViDa's predict.py: shift schedule (shift 3), temperature 0.1, steps = 0.5 x generation length "
+                 "(--schedule even --temperature 0 --steps N for LLaDA's even split)",
     ),
     "lavida-dream": Family(
         "lavida-dream",

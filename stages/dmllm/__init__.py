@@ -2,10 +2,14 @@
 
 from stages.dmllm.sampler import (
     REMASKING,
+    SCHEDULES,
     Trajectory,
     masked_diffusion_sample,
     num_transfer_tokens,
+    shift_transfer_tokens,
+    transfer_schedule,
     validate_schedule,
 )
 
-__all__ = ["REMASKING", "Trajectory", "masked_diffusion_sample", "num_transfer_tokens", "validate_schedule"]
+__all__ = ["REMASKING", "SCHEDULES", "Trajectory", "masked_diffusion_sample", "num_transfer_tokens",
+           "shift_transfer_tokens", "transfer_schedule", "validate_schedule"]

@@ -9,7 +9,8 @@ step with gradients.
 Per step, within the current block: predict every masked position (argmax of the logits, with Gumbel noise
 when ``temperature > 0``), score each prediction (its softmax probability for ``"low_confidence"``, a uniform
 draw for ``"random"``), and commit the ``k`` highest-scoring masked positions of the block, where ``k``
-follows LLaDA's even split of the block's masked count over its steps (:func:`num_transfer_tokens`).
+follows the schedule: LLaDA's even split of the block's masked count over its steps
+(:func:`num_transfer_tokens`), or LaViDa's ``shift`` schedule (:func:`shift_transfer_tokens`).
 Positions after the current block score −inf and are never committed early.
 
 Devices: every tensor the sampler builds lives on ``device`` (the model's); the noise is drawn from a CPU
@@ -26,6 +27,10 @@ from dataclasses import dataclass
 import torch
 
 REMASKING = ("low_confidence", "random")
+#: How a block's masked count is split over its steps.
+SCHEDULES = ("even", "shift")
+#: LaViDa's ``predict.py`` shift (``schedule_kwargs=dict(shift=3)``).
+SHIFT = 3.0
 
 
 @dataclass
@@ -91,6 +96,46 @@ def uniform_on(shape: Sequence[int], device: torch.device | str, generator: torc
     return torch.rand(tuple(shape), dtype=torch.float64, generator=generator).to(device)
 
 
+def shift_transfer_tokens(num_masked: int, steps: int, shift: float = SHIFT) -> list[int]:
+    """How many positions to commit at each step under LaViDa's ``shift`` schedule.
+
+    LaViDa ``generate.py`` (``get_num_transfer_tokens_sch``, ``logit_normal_schedule``): the fraction
+    unmasked after step i of k = min(steps, num_masked) is ``sigma(t) = shift t / (1 + (shift - 1) t)`` at
+    ``t = i / k``; each step commits the increase of ``floor(sigma * num_masked)``, at least 1, the excess taken
+    off the largest-first steps one at a time in order; the counts run in reverse (few first, many last).
+    Steps beyond ``num_masked`` commit nothing.
+
+    Examples
+    --------
+    >>> shift_transfer_tokens(8, 4)
+    [1, 1, 2, 4]
+    """
+    if steps < 1:
+        raise ValueError(f"steps: must be >= 1, got {steps}")
+    k = min(steps, num_masked)
+    if k == 0:
+        return [0] * steps
+    t = torch.linspace(0, 1, k + 1)  # float32, as upstream
+    cumulative = (shift * t / (1 + (shift - 1) * t) * num_masked).to(torch.int64)
+    counts = (cumulative[1:] - cumulative[:-1]).clamp(min=1).tolist()
+    excess, j = sum(counts) - num_masked, 0
+    while excess > 0:
+        if counts[j % k] > 1:
+            counts[j % k] -= 1
+            excess -= 1
+        j += 1
+    return counts[::-1] + [0] * (steps - k)
+
+
+def transfer_schedule(num_masked: int, steps: int, schedule: str = "even") -> list[int]:
+    """Commit counts of a block's steps under ``schedule`` (one of :data:`SCHEDULES`)."""
+    if schedule == "shift":
+        return shift_transfer_tokens(num_masked, steps)
+    if schedule == "even":
+        return num_transfer_tokens(num_masked, steps)
+    raise ValueError(f"schedule: expected one of {SCHEDULES}, got {schedule!r}")
+
+
 def add_gumbel_noise(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
     """Gumbel-max perturbation of ``logits`` as in LLaDA: ``exp(logits) / (-log u) ** temperature`` in float64.
 
@@ -105,7 +150,8 @@ def add_gumbel_noise(logits: torch.Tensor, temperature: float, generator: torch.
 
 
 def validate_schedule(
-    *, gen_length: int, steps: int, block_length: int, temperature: float = 0.0, remasking: str = "low_confidence"
+    *, gen_length: int, steps: int, block_length: int, temperature: float = 0.0, remasking: str = "low_confidence",
+    schedule: str = "even",
 ) -> int:
     """Check the sampler's schedule arguments and return the number of blocks.
 
@@ -125,6 +171,8 @@ def validate_schedule(
         raise ValueError(f"temperature: must be >= 0, got {temperature}")
     if remasking not in REMASKING:
         raise ValueError(f"remasking: expected one of {REMASKING}, got {remasking!r}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule: expected one of {SCHEDULES}, got {schedule!r}")
     return num_blocks
 
 
@@ -141,6 +189,7 @@ def masked_diffusion_sample(
     forbid_ids: Sequence[int] = (),
     grad: bool = False,
     device: torch.device | str = "cpu",
+    schedule: str = "even",
 ) -> Trajectory:
     """Fill ``gen_length`` masked positions in ``steps`` steps (module docstring).
 
@@ -169,6 +218,8 @@ def masked_diffusion_sample(
         False (default) runs under ``torch.no_grad()``; True leaves the caller's grad mode alone.
     device : torch.device or str
         The model's device: the answer state and everything derived from it live there.
+    schedule : {"even", "shift"}
+        How many positions each step of a block commits (:func:`transfer_schedule`).
 
     Returns
     -------
@@ -182,7 +233,8 @@ def masked_diffusion_sample(
         another argument is out of range (the message names it).
     """
     num_blocks = validate_schedule(
-        gen_length=gen_length, steps=steps, block_length=block_length, temperature=temperature, remasking=remasking
+        gen_length=gen_length, steps=steps, block_length=block_length, temperature=temperature, remasking=remasking,
+        schedule=schedule,
     )
     steps_per_block = steps // num_blocks
     banned = sorted({int(mask_id), *(int(i) for i in forbid_ids)})
@@ -197,7 +249,7 @@ def masked_diffusion_sample(
         for block in range(num_blocks):
             lo, hi = block * block_length, (block + 1) * block_length
             # The block is all masked when it starts: positions after a block are never committed early.
-            for k in num_transfer_tokens(block_length, steps_per_block):
+            for k in transfer_schedule(block_length, steps_per_block, schedule):
                 step = len(transfer)
                 logits = logits_fn(x).detach()
                 if logits.shape[:2] != (1, gen_length):

@@ -291,6 +291,11 @@ class LavidaLladaAdapter(LlavaFamilyAdapter):
     """LaViDa-LLaDA: OLMo-style LLaDA blocks ``model.get_model().transformer.blocks[i]`` returning ``(x, cache)``."""
 
     family = "lavida-llada"
+    # LaViDa's predict.py, which the official Diffusion-CAM runs: schedule='shift' (shift 3), step_ratio 0.5,
+    # temperature 0.1.
+    default_schedule = "shift"
+    default_temperature = 0.1
+    step_ratio = 0.5
 
     def pools(self) -> bool:
         return not os.environ.get("NOT_ALWASY_DO_2DPOOL")  # LaViDa's (sic) switch, read the same way
