@@ -160,17 +160,31 @@ class ModelAdapter(abc.ABC):
         """Group generated ids into words: [(word, [response positions]), ...], specials dropped."""
 
 
-def snapshot_cache(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """References to a transformers ``DynamicCache``'s per-layer keys and values."""
-    return [(layer.keys, layer.values) for layer in cache.layers]
+def snapshot_cache(cache: Any) -> dict[str, Any]:
+    """References to a transformers ``DynamicCache``'s per-layer keys and values (and its token count).
+
+    Both interfaces are read: ``cache.layers`` (transformers >= 4.56, this environment) and the
+    ``key_cache`` / ``value_cache`` lists of the families' pinned transformers (LaViDa: 4.50.3).
+    """
+    if hasattr(cache, "layers"):
+        kv = [(layer.keys, layer.values) for layer in cache.layers]
+    else:
+        kv = list(zip(cache.key_cache, cache.value_cache))
+    return {"kv": kv, "seen_tokens": getattr(cache, "_seen_tokens", None)}
 
 
-def restore_cache(cache: Any, snapshot: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+def restore_cache(cache: Any, snapshot: dict[str, Any]) -> None:
     """Put back the prefix keys and values after a step appended to them.
 
     ``cache.crop`` would slice the step's concatenation, keeping every step's graph alive
     through the cache: under gradients memory and backward time would then grow with the
     number of steps. Restoring the prefix tensors drops each step's graph with its logits.
     """
-    for layer, (keys, values) in zip(cache.layers, snapshot):
-        layer.keys, layer.values = keys, values
+    if hasattr(cache, "layers"):
+        for layer, (keys, values) in zip(cache.layers, snapshot["kv"]):
+            layer.keys, layer.values = keys, values
+    else:
+        cache.key_cache[:] = [k for k, _ in snapshot["kv"]]
+        cache.value_cache[:] = [v for _, v in snapshot["kv"]]
+    if snapshot["seen_tokens"] is not None:
+        cache._seen_tokens = snapshot["seen_tokens"]

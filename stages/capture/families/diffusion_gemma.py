@@ -138,7 +138,16 @@ class DiffusionGemmaAdapter(ModelAdapter):
         from transformers import DynamicCache
 
         cache = DynamicCache(config=self.model.config.get_text_config())
-        out = self.encoder()(input_ids=prep.prompt_ids, cache=cache, **prep.extra)
+        ids = prep.prompt_ids
+        position_ids = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
+        # As generate()'s prefill: the encoder called bare builds this mask and drops it (causal image tokens);
+        # with it, image tokens attend to each other both ways where the config says so.
+        mask = self.encoder().create_masks_for_generate(
+            config=self.model.config, inputs_embeds=torch.empty((*ids.shape, 0), dtype=self.model.dtype, device=ids.device),
+            attention_mask=torch.ones_like(ids), cache=cache, position_ids=position_ids,
+            mm_token_type_ids=prep.extra["mm_token_type_ids"],
+        )
+        out = self.encoder()(input_ids=ids, attention_mask=mask, cache=cache, position_ids=position_ids, **prep.extra)
         return cache, self._softcap(self.model.lm_head(out.last_hidden_state))
 
     def answer_logits(self, prep: Prepared, cache: Any, x: torch.Tensor) -> torch.Tensor:
