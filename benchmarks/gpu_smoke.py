@@ -1,7 +1,7 @@
 """Smoke test of capture on a GPU: the toy and every replica family end to end on ``cuda`` (not a test).
 
 For each model and each sampler mode it supports: one sample's plain generation and its capture
-(``--record unmask-step``) on the device, their ratio and the peak device memory; checks that the
+(``--record unmask-step``, the family's own sampler defaults) on the device, their ratio and the peak device memory; checks that the
 capture's arrays are finite and shaped as the store expects, that gradients reach the image span,
 and that a seed gives the same trajectory on the device as on the CPU (noise is drawn on the CPU and
 moved). Exits 1 if any check fails, 2 if the device is missing. A few minutes on one GPU.
@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stages.capture.core import CaptureConfig, capture_sample  # noqa: E402
+from stages.capture.core import CaptureConfig, capture_sample, family_config  # noqa: E402
 from stages.capture.replicas import REPLICA_FAMILIES, build_replica  # noqa: E402
 from stages.dmllm.sampler import masked_diffusion_sample  # noqa: E402
 from stages.synth import render_scene  # noqa: E402
@@ -52,8 +52,8 @@ def generate(adapter, image, config: CaptureConfig, seed: int):
         return masked_diffusion_sample(
             adapter.logits_fn(prep, config.mode), gen_length=adapter.gen_length, mask_id=adapter.mask_id,
             steps=config.steps, block_length=config.block_length, temperature=config.temperature,
-            generator=torch.Generator().manual_seed(seed), forbid_ids=adapter.forbid_ids, device=adapter.device,
-            schedule=config.schedule,
+            remasking=config.remasking, generator=torch.Generator().manual_seed(seed), forbid_ids=adapter.forbid_ids,
+            device=adapter.device, schedule=config.schedule, top_p=config.top_p,
         ).to("cpu")
 
 
@@ -77,8 +77,7 @@ def check_capture(cap, adapter, image) -> list[str]:
 
 def run_one(family: str, mode: str, device: torch.device, steps: int, image) -> dict:
     adapter = build(family)
-    config = CaptureConfig(layers=(1,), steps=steps, block_length=adapter.gen_length, mode=mode, temperature=0.5,
-                           record="unmask-step")
+    config = family_config(adapter, layers=(1,), steps=steps, mode=mode, record="unmask-step")  # family's sampler
     on_cpu = generate(adapter, image, config, seed=7)
     adapter.model.to(device)
     generate(adapter, image, config, seed=7)  # warm-up (kernels, allocator)

@@ -21,7 +21,9 @@ def capture(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed (per sample, derived from seed and sample id)."),
     temperature: float = typer.Option(None, "--temperature", help="Gumbel-noise temperature of the sampler (0 = greedy); default: the family's (see 'dcam models')."),
-    schedule: str = typer.Option(None, "--schedule", help="Tokens committed per step: even (LLaDA's even split) or shift (LaViDa's predict.py, shift 3); default: the family's."),
+    schedule: str = typer.Option(None, "--schedule", help="Tokens committed per step: even (LLaDA's even split), shift (LaViDa's predict.py, shift 3) or dream (Dream's); default: the family's."),
+    remasking: str = typer.Option(None, "--remasking", help="Which masked positions a step commits: low_confidence, random, or entropy (Dream's); default: the family's."),
+    top_p: float = typer.Option(None, "--top-p", help="Nucleus filtering of the entropy algorithm (1 = none); default: the family's."),
     score: str = typer.Option("logit", "--score", help="logit: each word's token logit at its position (paper intent); contrastive: the official code's vocabulary-sum of token 2 minus token 1."),
     limit: int = typer.Option(None, "--limit", help="Capture only the first N samples."),
     store_grads: bool = typer.Option(False, "--store-grads", help="Also store full per-position gradients (T x N x D per step; large)."),
@@ -45,8 +47,12 @@ def capture(
         raise DcamError(f"--mode must be 'full' or 'prefix-cache', got {mode!r}")
     if score not in ("logit", "contrastive"):
         raise DcamError(f"--score must be 'logit' or 'contrastive', got {score!r}")
-    if schedule not in (None, "even", "shift"):
-        raise DcamError(f"--schedule must be 'even' or 'shift', got {schedule!r}")
+    if schedule not in (None, "even", "shift", "dream"):
+        raise DcamError(f"--schedule must be 'even', 'shift' or 'dream', got {schedule!r}")
+    if remasking not in (None, "low_confidence", "random", "entropy"):
+        raise DcamError(f"--remasking must be 'low_confidence', 'random' or 'entropy', got {remasking!r}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise DcamError(f"--top-p must be in (0, 1], got {top_p}")
     if record not in ("unmask-step", "all"):
         raise DcamError(f"--record must be 'unmask-step' or 'all', got {record!r}")
     if not data.exists():
@@ -67,8 +73,8 @@ def capture(
 
     adapter = load_adapter(model, device=device)
     config = family_config(adapter, layers=layer_list, steps=steps, block_length=block_length, mode=mode,
-                           temperature=temperature, schedule=schedule, seed=seed, score=score,
-                           store_grads=store_grads, record=record)
+                           temperature=temperature, schedule=schedule, remasking=remasking, top_p=top_p, seed=seed,
+                           score=score, store_grads=store_grads, record=record)
     counts = {"ok": 0, "failed": 0, "skipped": 0}
     with progress_bar("capture", None) as advance:
         def on_sample(sid: str, status: str) -> None:

@@ -55,7 +55,7 @@ def _host_or_zeros(t: torch.Tensor) -> np.ndarray:
 
 
 @pytest.mark.parametrize("family,mode,remasking", [(f, m, "low_confidence") for f, m in ON_META]
-                         + [("toy", "full", "random")])
+                         + [("toy", "full", "random"), ("lavida-dream", "prefix-cache", "entropy")])
 def test_the_sampler_hands_the_model_only_tensors_on_its_device(image, family, mode, remasking):
     adapter = _adapter(family)
     adapter.model.to("meta")
@@ -68,7 +68,7 @@ def test_the_sampler_hands_the_model_only_tensors_on_its_device(image, family, m
             seen.append(x.device.type)
             return step(x)
 
-        traj = _sample(adapter, logits_fn, temperature=0.5, remasking=remasking,
+        traj = _sample(adapter, logits_fn, temperature=0.5, remasking=remasking, top_p=0.95,
                        generator=torch.Generator().manual_seed(0), device=adapter.device)
     assert seen == ["meta"] * STEPS
     assert all(t.is_meta for t in (traj.states, traj.unmask_step, traj.confidence, traj.final, *traj.transfer))

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stages.dmllm.sampler import masked_diffusion_sample, num_transfer_tokens, shift_transfer_tokens
+from stages.dmllm.sampler import (
+    dream_transfer_tokens,
+    entropy_predictions,
+    masked_diffusion_sample,
+    num_transfer_tokens,
+    shift_transfer_tokens,
+)
 
 MASK = 3
 VOCAB = 10
@@ -59,6 +65,36 @@ def test_shift_schedule_commits_as_lavida():
         assert sum(counts) == n and all(c >= 1 for c in counts[: min(n, steps)])
 
 
+def test_dream_schedule_commits_as_dream():
+    # t = linspace(1, 1e-3, 5): int(8 * (1 - .7502)) = 1, int(7 * (1 - .5005 / .7502)) = 2, int(5 * .4989) = 2, rest 3
+    assert dream_transfer_tokens(8, 4) == [1, 2, 2, 3]
+    assert dream_transfer_tokens(64, 64)[0] == 0  # int(64 * (1 - 0.98440)) = 0: Dream commits nothing at first
+    for n, steps in ((64, 64), (64, 32), (5, 9)):
+        assert sum(dream_transfer_tokens(n, steps)) == n
+
+
+def test_entropy_algorithm_scores_by_negative_entropy_of_the_filtered_distribution():
+    logits = torch.log(torch.tensor([[[0.6, 0.3, 0.1], [0.34, 0.33, 0.33]]], dtype=torch.float64))
+    x0, score = entropy_predictions(logits, 0.0, 1.0, None)
+    assert x0.tolist() == [[0, 0]]
+    expected = [sum(p * torch.log(torch.tensor(p + 1e-10)).item() for p in row) for row in ([0.6, 0.3, 0.1],
+                                                                                               [0.34, 0.33, 0.33])]
+    torch.testing.assert_close(score[0], torch.tensor(expected, dtype=torch.float64))
+    x0, score = entropy_predictions(logits, 1.0, 0.5, torch.Generator().manual_seed(0))  # nucleus keeps 0.6 alone
+    assert x0[0, 0] == 0 and abs(score[0, 0]) < 1e-8
+    draws = torch.stack([entropy_predictions(logits.expand(200, 2, 3), 1.0, 1.0, torch.Generator().manual_seed(i))[0]
+                         for i in range(3)])
+    share = (draws[..., 0] == 0).double().mean().item()  # samples follow softmax(logits): 0.6 on token 0
+    assert 0.5 < share < 0.7
+
+
+def test_entropy_remasking_commits_the_most_certain_position_first():
+    logits = torch.zeros(1, 16, VOCAB)
+    logits[0, 5, 7] = 12.0  # position 5 is certain, the others flat
+    traj = sample(lambda x: logits, remasking="entropy", steps=16)  # one commit a step
+    assert traj.transfer[0].tolist() == [5] and traj.final[5] == 7
+
+
 def test_the_sampler_follows_the_shift_schedule_per_block():
     traj = sample(fixed_logits_fn(gen_length=64), gen_length=64, steps=64, block_length=32, schedule="shift")
     assert [len(t) for t in traj.transfer] == shift_transfer_tokens(32, 32) * 2
@@ -76,6 +112,8 @@ def test_family_defaults_follow_upstream_and_options_override_them():
     assert (config.schedule, config.temperature, config.steps, config.mode) == ("even", 0.0, 8, "full")
     config = family_config(build_replica("llada-v", gen_length=8))
     assert (config.schedule, config.temperature, config.steps, config.mode) == ("even", 0.0, 8, "full")
+    config = family_config(build_replica("lavida-dream", gen_length=8))
+    assert (config.remasking, config.schedule, config.temperature, config.top_p) == ("entropy", "dream", 0.2, 0.95)
 
 
 @pytest.mark.parametrize(
@@ -164,8 +202,9 @@ def test_greedy_is_independent_of_the_generator():
         (dict(steps=3, block_length=8), "steps"),  # 2 blocks do not divide 3 steps
         (dict(steps=0), "steps"),
         (dict(temperature=-1.0), "temperature"),
-        (dict(remasking="entropy"), "remasking"),
+        (dict(remasking="margin"), "remasking"),
         (dict(schedule="cosine"), "schedule"),
+        (dict(top_p=0.0), "top_p"),
     ],
 )
 def test_bad_schedule_arguments_raise_naming_the_parameter(kw, name):

@@ -67,9 +67,11 @@ class ModelAdapter(abc.ABC):
     #: Sampler modes the family supports, its own first (the default).
     modes: tuple[str, ...] = ("full", "prefix-cache")
     default_mode: str = "full"
-    #: The family's upstream sampler defaults: commit schedule, Gumbel temperature, steps per response token.
+    #: The family's upstream sampler defaults: commit schedule, remasking, temperature, nucleus, steps per token.
     default_schedule: str = "even"
+    default_remasking: str = "low_confidence"
     default_temperature: float = 0.0
+    default_top_p: float = 1.0
     step_ratio: float = 1.0
 
     def __init__(self, model: torch.nn.Module):

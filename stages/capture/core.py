@@ -74,6 +74,7 @@ class CaptureConfig:
     temperature: float = 0.0
     remasking: str = "low_confidence"
     schedule: str = "even"
+    top_p: float = 1.0
     score: str = "logit"
     store_grads: bool = False
     grad_batching: str = "auto"
@@ -95,15 +96,17 @@ class SampleCapture:
 
 def family_config(adapter: ModelAdapter, *, layers: Sequence[int] | None = None, steps: int | None = None,
                   block_length: int | None = None, mode: str | None = None, temperature: float | None = None,
-                  schedule: str | None = None, **options: Any) -> CaptureConfig:
+                  schedule: str | None = None, remasking: str | None = None, top_p: float | None = None,
+                  **options: Any) -> CaptureConfig:
     """The capture config, with the family's own defaults (``adapter.default_*``) for every option left None.
 
     Parameters
     ----------
     adapter : ModelAdapter
-    layers, steps, block_length, mode, temperature, schedule : optional
+    layers, steps, block_length, mode, temperature, schedule, remasking, top_p : optional
         None takes the family's: the middle block, ``adapter.default_steps``, one block, ``adapter.default_mode``,
-        ``adapter.default_temperature``, ``adapter.default_schedule``.
+        ``adapter.default_temperature``, ``adapter.default_schedule``, ``adapter.default_remasking``,
+        ``adapter.default_top_p``.
     **options
         The other :class:`CaptureConfig` fields (seed, score, store_grads, record, ...).
 
@@ -119,7 +122,8 @@ def family_config(adapter: ModelAdapter, *, layers: Sequence[int] | None = None,
         layers=resolve_layers(adapter, layers), steps=steps or adapter.default_steps,
         block_length=block_length or adapter.gen_length, mode=mode,
         temperature=adapter.default_temperature if temperature is None else temperature,
-        schedule=schedule or adapter.default_schedule, **options,
+        schedule=schedule or adapter.default_schedule, remasking=remasking or adapter.default_remasking,
+        top_p=adapter.default_top_p if top_p is None else top_p, **options,
     )
 
 
@@ -365,6 +369,7 @@ def _capture(adapter: ModelAdapter, image: np.ndarray, config: CaptureConfig, re
             forbid_ids=adapter.forbid_ids,
             device=device,
             schedule=config.schedule,
+            top_p=config.top_p,
         ).to("cpu")
     timings["generate"] = time.perf_counter() - t0
 

@@ -83,6 +83,9 @@ FAMILIES: dict[str, Family] = {
         "LaViDa's repo (jacklishufan/LaViDa) with its pins (transformers==4.50.3, deepspeed); "
         "LAVIDA_VISION_TOWER = local siglip-so400m-patch14-384",
         _lavida_dream,
+        defaults="LaViDa's llava_dream generate: Dream's entropy algorithm (negative-entropy confidence), Dream's "
+                 "schedule, temperature 0.2, top-p 0.95, one block (--remasking low_confidence --schedule even "
+                 "--temperature 0 --top-p 1 for LLaDA's)",
     ),
     "llada-v": Family(
         "llada-v",

@@ -4,6 +4,8 @@ from stages.dmllm.sampler import (
     REMASKING,
     SCHEDULES,
     Trajectory,
+    dream_transfer_tokens,
+    entropy_predictions,
     masked_diffusion_sample,
     num_transfer_tokens,
     shift_transfer_tokens,
@@ -11,5 +13,6 @@ from stages.dmllm.sampler import (
     validate_schedule,
 )
 
-__all__ = ["REMASKING", "SCHEDULES", "Trajectory", "masked_diffusion_sample", "num_transfer_tokens",
-           "shift_transfer_tokens", "transfer_schedule", "validate_schedule"]
+__all__ = ["REMASKING", "SCHEDULES", "Trajectory", "dream_transfer_tokens", "entropy_predictions",
+           "masked_diffusion_sample", "num_transfer_tokens", "shift_transfer_tokens", "transfer_schedule",
+           "validate_schedule"]

@@ -8,9 +8,11 @@ step with gradients.
 
 Per step, within the current block: predict every masked position (argmax of the logits, with Gumbel noise
 when ``temperature > 0``), score each prediction (its softmax probability for ``"low_confidence"``, a uniform
-draw for ``"random"``), and commit the ``k`` highest-scoring masked positions of the block, where ``k``
-follows the schedule: LLaDA's even split of the block's masked count over its steps
-(:func:`num_transfer_tokens`), or LaViDa's ``shift`` schedule (:func:`shift_transfer_tokens`).
+draw for ``"random"``, the negative entropy of the tempered, top-p filtered distribution for Dream's
+``"entropy"``, :func:`entropy_predictions`), and commit the ``k`` highest-scoring masked positions of the
+block, where ``k`` follows the schedule: LLaDA's even split of the block's masked count over its steps
+(:func:`num_transfer_tokens`), LaViDa's ``shift`` schedule (:func:`shift_transfer_tokens`) or Dream's
+(:func:`dream_transfer_tokens`).
 Positions after the current block score −inf and are never committed early.
 
 Devices: every tensor the sampler builds lives on ``device`` (the model's); the noise is drawn from a CPU
@@ -26,9 +28,9 @@ from dataclasses import dataclass
 
 import torch
 
-REMASKING = ("low_confidence", "random")
+REMASKING = ("low_confidence", "random", "entropy")
 #: How a block's masked count is split over its steps.
-SCHEDULES = ("even", "shift")
+SCHEDULES = ("even", "shift", "dream")
 #: LaViDa's ``predict.py`` shift (``schedule_kwargs=dict(shift=3)``).
 SHIFT = 3.0
 
@@ -110,8 +112,6 @@ def shift_transfer_tokens(num_masked: int, steps: int, shift: float = SHIFT) -> 
     >>> shift_transfer_tokens(8, 4)
     [1, 1, 2, 4]
     """
-    if steps < 1:
-        raise ValueError(f"steps: must be >= 1, got {steps}")
     k = min(steps, num_masked)
     if k == 0:
         return [0] * steps
@@ -127,13 +127,73 @@ def shift_transfer_tokens(num_masked: int, steps: int, shift: float = SHIFT) -> 
     return counts[::-1] + [0] * (steps - k)
 
 
+def dream_transfer_tokens(num_masked: int, steps: int, eps: float = 1e-3) -> list[int]:
+    """How many positions to commit at each step under Dream's schedule (``generation_utils._sample``).
+
+    Time runs from 1 to ``eps`` in ``steps`` equal intervals; the step from ``t`` to ``s`` commits
+    ``int(m * (1 - s / t))`` of the ``m`` positions still masked, the last step all that remain.
+
+    Examples
+    --------
+    >>> dream_transfer_tokens(8, 4)
+    [1, 2, 2, 3]
+    """
+    t = torch.linspace(1, eps, steps + 1)  # float32, as upstream
+    counts, left = [], num_masked
+    for i in range(steps):
+        k = left if i == steps - 1 else int(torch.tensor(left) * (1 - t[i + 1] / t[i]))
+        counts.append(k)
+        left -= k
+    return counts
+
+
 def transfer_schedule(num_masked: int, steps: int, schedule: str = "even") -> list[int]:
     """Commit counts of a block's steps under ``schedule`` (one of :data:`SCHEDULES`)."""
     if schedule == "shift":
         return shift_transfer_tokens(num_masked, steps)
+    if schedule == "dream":
+        return dream_transfer_tokens(num_masked, steps)
     if schedule == "even":
         return num_transfer_tokens(num_masked, steps)
     raise ValueError(f"schedule: expected one of {SCHEDULES}, got {schedule!r}")
+
+
+def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus filtering: keep, per row, the most probable tokens up to and including the one whose cumulative
+    probability first exceeds ``top_p``; the others get −inf."""
+    if top_p >= 1:
+        return logits
+    ordered, order = logits.sort(dim=-1, descending=True)
+    beyond = torch.softmax(ordered, dim=-1).cumsum(-1) > top_p
+    drop = torch.zeros_like(beyond)
+    drop[..., 1:] = beyond[..., :-1]
+    return logits.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), float("-inf"))
+
+
+def entropy_predictions(logits: torch.Tensor, temperature: float, top_p: float,
+                        generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dream's ``entropy`` algorithm (``sample_tokens(..., neg_entropy=True)``): tokens and their scores.
+
+    The logits are divided by ``temperature`` (when > 0) and nucleus-filtered (``top_p``); a token is drawn
+    from the resulting distribution (Gumbel-max with :func:`uniform_on`'s CPU draws, where Dream samples a
+    ``Categorical``: the same distribution, another random stream) or taken greedily at temperature 0; its
+    score is the distribution's negative entropy, so the most certain positions are committed first.
+
+    Returns
+    -------
+    x0 : LongTensor, logits' shape without the last axis
+    score : float64 tensor of the same shape
+    """
+    scaled = logits.to(torch.float64)
+    if temperature > 0:
+        scaled = scaled / temperature
+    scaled = top_p_filter(scaled, top_p)
+    probs = torch.softmax(scaled, dim=-1)
+    if temperature > 0:
+        x0 = (scaled - torch.log(-torch.log(uniform_on(scaled.shape, scaled.device, generator)))).argmax(-1)
+    else:
+        x0 = probs.argmax(-1)
+    return x0, (probs * torch.log(probs + 1e-10)).sum(-1)
 
 
 def add_gumbel_noise(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -151,7 +211,7 @@ def add_gumbel_noise(logits: torch.Tensor, temperature: float, generator: torch.
 
 def validate_schedule(
     *, gen_length: int, steps: int, block_length: int, temperature: float = 0.0, remasking: str = "low_confidence",
-    schedule: str = "even",
+    schedule: str = "even", top_p: float = 1.0,
 ) -> int:
     """Check the sampler's schedule arguments and return the number of blocks.
 
@@ -173,6 +233,8 @@ def validate_schedule(
         raise ValueError(f"remasking: expected one of {REMASKING}, got {remasking!r}")
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule: expected one of {SCHEDULES}, got {schedule!r}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p: must be in (0, 1], got {top_p}")
     return num_blocks
 
 
@@ -190,6 +252,7 @@ def masked_diffusion_sample(
     grad: bool = False,
     device: torch.device | str = "cpu",
     schedule: str = "even",
+    top_p: float = 1.0,
 ) -> Trajectory:
     """Fill ``gen_length`` masked positions in ``steps`` steps (module docstring).
 
@@ -208,8 +271,9 @@ def masked_diffusion_sample(
         Semi-autoregressive block size; divides ``gen_length`` (``gen_length`` = one block).
     temperature : float
         0 = greedy; > 0 samples with Gumbel noise drawn from ``generator``.
-    remasking : {"low_confidence", "random"}
-        How the committed positions are chosen among the block's masked ones.
+    remasking : {"low_confidence", "random", "entropy"}
+        How the committed positions are chosen among the block's masked ones (``entropy``: Dream's, with its
+        own token draw, :func:`entropy_predictions`).
     generator : torch.Generator, optional
         Source of all randomness (Gumbel noise, random scores); the same seed gives the same trajectory.
     forbid_ids : sequence of int
@@ -218,8 +282,10 @@ def masked_diffusion_sample(
         False (default) runs under ``torch.no_grad()``; True leaves the caller's grad mode alone.
     device : torch.device or str
         The model's device: the answer state and everything derived from it live there.
-    schedule : {"even", "shift"}
+    schedule : {"even", "shift", "dream"}
         How many positions each step of a block commits (:func:`transfer_schedule`).
+    top_p : float
+        Nucleus filtering of the ``entropy`` algorithm's distribution (1 = none).
 
     Returns
     -------
@@ -234,7 +300,7 @@ def masked_diffusion_sample(
     """
     num_blocks = validate_schedule(
         gen_length=gen_length, steps=steps, block_length=block_length, temperature=temperature, remasking=remasking,
-        schedule=schedule,
+        schedule=schedule, top_p=top_p,
     )
     steps_per_block = steps // num_blocks
     banned = sorted({int(mask_id), *(int(i) for i in forbid_ids)})
@@ -256,10 +322,13 @@ def masked_diffusion_sample(
                     raise ValueError(f"logits_fn: returned shape {tuple(logits.shape)}, expected (1, {gen_length}, V)")
                 logits = logits.clone()
                 logits[..., banned] = float("-inf")
-                x0 = add_gumbel_noise(logits, temperature, generator).argmax(-1)
+                if remasking == "entropy":
+                    x0, score = entropy_predictions(logits, temperature, top_p, generator)
+                else:
+                    x0 = add_gumbel_noise(logits, temperature, generator).argmax(-1)
                 if remasking == "low_confidence":
                     score = torch.softmax(logits.to(torch.float64), dim=-1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
-                else:
+                elif remasking == "random":
                     score = uniform_on(x0.shape, device, generator)
                 masked = x == mask_id
                 score = torch.where(masked & (position < hi), score, torch.full_like(score, float("-inf")))

@@ -399,6 +399,11 @@ class LavidaDreamAdapter(HFTrunkAdapter):
 
     family = "lavida-dream"
     logit_shift = 1
+    # llava_dream.py's generate: alg="entropy", temperature 0.2, top_p 0.95, one block (Dream's own schedule).
+    default_remasking = "entropy"
+    default_schedule = "dream"
+    default_temperature = 0.2
+    default_top_p = 0.95
 
     def prefix_pass(self, prep: Prepared) -> tuple[Any, torch.Tensor]:
         cache, logits = super().prefix_pass(prep)
