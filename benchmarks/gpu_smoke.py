@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from stages.capture.core import CaptureConfig, capture_sample, family_config  # noqa: E402
 from stages.capture.replicas import REPLICA_FAMILIES, build_replica  # noqa: E402
 from stages.dmllm.sampler import masked_diffusion_sample  # noqa: E402
+from stages.dmllm.uniform import uniform_noise_sample  # noqa: E402
 from stages.synth import render_scene  # noqa: E402
 
 FAMILIES = ("toy", *REPLICA_FAMILIES)
@@ -49,6 +50,13 @@ def generate(adapter, image, config: CaptureConfig, seed: int):
     """One plain generation (no gradients) with the capture's sampler settings; the trajectory on the host."""
     with torch.no_grad():
         prep = adapter.prepare(image)
+        if adapter.sampler == "uniform-noise":
+            cache, _ = adapter.prefix_pass(prep)
+            return uniform_noise_sample(
+                lambda x, c: adapter.answer_logits(prep, cache, x, conditioning=c), gen_length=adapter.gen_length,
+                vocab_size=adapter.vocab_size, steps=config.steps, generator=torch.Generator().manual_seed(seed),
+                device=adapter.device,
+            ).to("cpu")
         return masked_diffusion_sample(
             adapter.logits_fn(prep, config.mode), gen_length=adapter.gen_length, mask_id=adapter.mask_id,
             steps=config.steps, block_length=config.block_length, temperature=config.temperature,

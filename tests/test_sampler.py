@@ -266,3 +266,53 @@ def test_full_mode_is_one_unmasked_bidirectional_pass(untrained_model):
     torch.testing.assert_close(logits, everything, atol=1e-6, rtol=0)
     # The image rows see the answer in full mode, so the modes really differ.
     assert not torch.allclose(logits, masked[:, m.prefix_length :], atol=1e-4)
+
+
+# ------------------------------------------------------------------ DiffusionGemma's uniform-noise sampler
+def test_entropy_bound_accepts_the_lowest_entropy_positions_within_the_bound():
+    from stages.dmllm.uniform import entropy_bound_accept
+
+    logits = torch.zeros(1, 5, 6)
+    logits[0, 1, 2] = logits[0, 3, 4] = 40.0  # positions 1 and 3 certain (entropy 0), the others log 6 = 1.79
+    # sum of the accepted entropies minus their largest <= bound: both certain ones plus one uncertain one
+    assert entropy_bound_accept(logits, 0.1)[0].tolist() == [True, True, False, True, False]
+    assert entropy_bound_accept(logits, 2.0)[0].sum() == 4  # 0 + 0 + 1.79 <= 2 lets a fourth in
+
+
+def test_uniform_noise_sampler_conditions_on_the_previous_tempered_logits():
+    from stages.dmllm.uniform import T_MAX, T_MIN, uniform_noise_sample
+
+    steps, calls = 4, []
+    table = torch.randn(5, 6, generator=torch.Generator().manual_seed(0)) * 4
+
+    def step_fn(x, conditioning):
+        calls.append((x.clone(), conditioning))
+        return (table + len(calls)).unsqueeze(0)
+
+    traj = uniform_noise_sample(step_fn, gen_length=5, vocab_size=6, steps=steps, generator=torch.Generator().manual_seed(1))
+    assert calls[0][1] is None and traj.conditioning[0] is None
+    for i in range(1, steps):  # step i sees step i-1's logits divided by its temperature (N..1 counter)
+        temperature = T_MIN + (T_MAX - T_MIN) * (steps - i + 1) / steps
+        torch.testing.assert_close(calls[i][1], (table + i).unsqueeze(0) / temperature)
+        assert traj.conditioning[i] is calls[i][1] and torch.equal(calls[i][0][0], traj.states[i])
+    assert torch.equal(traj.final, table.argmax(-1)) and traj.states.shape == (steps + 1, 5)
+    again = uniform_noise_sample(step_fn, gen_length=5, vocab_size=6, steps=steps, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(again.states, traj.states)
+
+
+def test_uniform_noise_unmask_step_is_when_the_argmax_settles():
+    from stages.dmllm.uniform import uniform_noise_sample
+
+    calls = []
+
+    def step_fn(x, conditioning):
+        calls.append(1)
+        logits = torch.zeros(1, 3, 4)
+        logits[0, 0, 1 if len(calls) <= 2 else 2] = 5.0  # position 0 settles on token 2 at step 2
+        logits[0, 1, 3] = 5.0  # position 1 never changes
+        logits[0, 2, 0 if len(calls) != 4 else 1] = 5.0  # position 2 changes only at the last step
+        return logits
+
+    traj = uniform_noise_sample(step_fn, gen_length=3, vocab_size=4, steps=4, generator=torch.Generator().manual_seed(0))
+    assert traj.final.tolist() == [2, 3, 1] and traj.unmask_step.tolist() == [2, 0, 3]
+    assert [t.tolist() for t in traj.transfer] == [[1], [], [0], [2]]

@@ -83,3 +83,29 @@ def test_a_step_leaves_the_prefix_cache_as_it_found_it(kind):
     assert all(torch.equal(k, pk) and torch.equal(v, pv) for (k, v), (pk, pv) in zip(kv, prefix))
     if kind == "4.50":
         assert cache._seen_tokens == 5
+
+
+def test_diffusion_gemma_runs_its_own_sampler_and_the_replay_feeds_the_recorded_self_conditioning(image):
+    from stages.capture.core import CaptureConfig, capture_sample
+    from stages.dmllm.uniform import uniform_noise_sample
+
+    adapter = build_replica("diffusion-gemma")
+    config = CaptureConfig(layers=(1,), steps=6, block_length=adapter.gen_length, mode="prefix-cache", record="all")
+    kept = capture_sample(adapter, image, config, sample_id="s")  # the replay reuses generation's step graphs
+    replayed = capture_sample(adapter, image, config, sample_id="s", graph_budget=0)  # every step run again
+    assert kept.attrs["sampler"] == "uniform-noise"
+    np.testing.assert_array_equal(kept.arrays["tokens"], replayed.arrays["tokens"])
+    np.testing.assert_allclose(replayed.arrays["score"], kept.arrays["score"], rtol=1e-5, atol=1e-5)
+    for name in ("alpha", "gxa"):
+        a, b = replayed.layer_arrays[1][name], kept.layer_arrays[1][name]
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(b).max())
+    with torch.no_grad():  # the conditioning input changes the step: a replay without it would not be the step
+        prep = adapter.prepare(image)
+        cache, _ = adapter.prefix_pass(prep)
+        traj = uniform_noise_sample(lambda x, c: adapter.answer_logits(prep, cache, x, conditioning=c),
+                                    gen_length=adapter.gen_length, vocab_size=adapter.vocab_size, steps=3,
+                                    generator=torch.Generator().manual_seed(0))
+        x = traj.states[2].unsqueeze(0)
+        with_input = adapter.answer_logits(prep, cache, x, conditioning=traj.conditioning[2])
+        without = adapter.answer_logits(prep, cache, x)
+    assert (with_input - without).abs().max() > 1e-3

@@ -73,6 +73,10 @@ class ModelAdapter(abc.ABC):
     default_temperature: float = 0.0
     default_top_p: float = 1.0
     step_ratio: float = 1.0
+    #: The family's sampler: "masked" (:func:`stages.dmllm.sampler.masked_diffusion_sample`) or "uniform-noise"
+    #: (:func:`stages.dmllm.uniform.uniform_noise_sample`; its forwards then take ``conditioning=``, the
+    #: previous step's logits, and the adapter has ``vocab_size``).
+    sampler: str = "masked"
 
     def __init__(self, model: torch.nn.Module):
         self.model = model

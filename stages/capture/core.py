@@ -256,12 +256,13 @@ class _StepForward:
         self.resp_idx = torch.arange(start, start + adapter.gen_length, device=grid_abs.device)
         self.grid_abs = grid_abs
 
-    def __call__(self, x: torch.Tensor) -> _Step:
+    def __call__(self, x: torch.Tensor, conditioning: torch.Tensor | None = None) -> _Step:
+        kw = {"conditioning": conditioning} if self.adapter.sampler == "uniform-noise" else {}
         if self.mode == "full":
-            logits = self.adapter.full_logits(self.prep, x)
+            logits = self.adapter.full_logits(self.prep, x, **kw)
             # Index copies, so the whole (P + G, V) logits are not kept alive.
             return _Step(logits[0, self.resp_idx], logits[0, self.grid_abs], self.rec.take())
-        return _Step(self.adapter.answer_logits(self.prep, self.cache, x)[0], None, self.rec.take())
+        return _Step(self.adapter.answer_logits(self.prep, self.cache, x, **kw)[0], None, self.rec.take())
 
 
 class _KeepingLogits:
@@ -273,13 +274,13 @@ class _KeepingLogits:
         self.kept: dict[int, _Step] = {}
         self.calls = 0
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, conditioning: torch.Tensor | None = None) -> torch.Tensor:
         step = self.calls
         self.calls += 1
         if self.budget <= 0:
-            return self.forward(x).resp.unsqueeze(0)
+            return self.forward(x, conditioning).resp.unsqueeze(0)
         with torch.enable_grad(), _saved_bytes(self.weights) as saved:
-            out = self.forward(x)
+            out = self.forward(x, conditioning)
         size = saved[0] + out.nbytes
         if size <= self.budget:
             self.kept[step] = out
@@ -337,6 +338,7 @@ def capture_sample(
 def _capture(adapter: ModelAdapter, image: np.ndarray, config: CaptureConfig, rec: BlockRecorder, *,
              sample_id: str, prompt: str | None, graph_budget: int) -> SampleCapture:
     from stages.dmllm.sampler import masked_diffusion_sample
+    from stages.dmllm.uniform import uniform_noise_sample
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -356,7 +358,10 @@ def _capture(adapter: ModelAdapter, image: np.ndarray, config: CaptureConfig, re
     forward = _StepForward(adapter, prep, config.mode, rec, prefix[0] if prefix else None, grid_abs)
     weights = {p.untyped_storage().data_ptr() for p in adapter.model.parameters()}
     logits_fn = _KeepingLogits(forward, graph_budget, weights)
-    with torch.no_grad():
+    if adapter.sampler == "uniform-noise":
+        traj = uniform_noise_sample(logits_fn, gen_length=adapter.gen_length, vocab_size=adapter.vocab_size,
+                                    steps=config.steps, generator=generator, device=device).to("cpu")
+    else:
         traj = masked_diffusion_sample(
             logits_fn,
             gen_length=adapter.gen_length,
@@ -401,6 +406,7 @@ def _capture(adapter: ModelAdapter, image: np.ndarray, config: CaptureConfig, re
         "block_length": config.block_length,
         "score_kind": config.score,
         "record": config.record,
+        "sampler": adapter.sampler,
         "sample_seed": seed,
         "forwards": rows["forwards"],
         "replay_max_abs_diff": rows["replay_max_abs_diff"],
@@ -482,7 +488,7 @@ def _replay(adapter: ModelAdapter, forward: _StepForward, traj, targets: list[Ta
     def attribute(s: int, resp: torch.Tensor, hidden: dict[int, torch.Tensor], *, retain_graph: bool) -> None:
         """Scores of every target at step ``s``; gradients of the recorded ones."""
         nonlocal replay_diff
-        if config.remasking == "low_confidence":
+        if config.remasking == "low_confidence" and adapter.sampler == "masked":
             replay_diff = max(replay_diff, check_replay(resp, s))
         which = recorded[len(scores)]
         sc = target_scores(resp, targets)
@@ -507,7 +513,8 @@ def _replay(adapter: ModelAdapter, forward: _StepForward, traj, targets: list[Ta
         else:
             tam_row = np.full((n_targets, n_grid), np.nan, dtype=np.float32)
     for s in attr_steps:
-        step = kept.pop(s, None) or forward(traj.states[s].unsqueeze(0).to(device))
+        conditioning = traj.conditioning[s] if traj.conditioning else None  # as generation fed it
+        step = kept.pop(s, None) or forward(traj.states[s].unsqueeze(0).to(device), conditioning)
         records = step.records  # none where an answer pass runs other blocks (DiffusionGemma's decoder)
         forwards.append({"step": s, "kind": "full" if prefix is None else "answer",
                          "seq_len": records[0].seq_len if records else 0,

@@ -105,9 +105,12 @@ FAMILIES: dict[str, Family] = {
     "diffusion-gemma": Family(
         "diffusion-gemma",
         "DiffusionGemma (transformers): image soft tokens in the prompt encoder, canvas denoised by the decoder "
-        "through the encoder cache; default mode prefix-cache; shared masked sampler, one canvas",
+        "through the encoder cache; default mode prefix-cache; one canvas",
         "transformers >= 5 (diffusion_gemma, already installed) and a local checkpoint with its processor files",
         _diffusion_gemma,
+        defaults="generate()'s own: canvas of random tokens, entropy-bound acceptance (0.1), uniform re-noising, "
+                 "self-conditioning, temperature 0.8 -> 0.4, 48 steps (no adaptive early stop); --temperature, "
+                 "--schedule, --remasking do not apply",
     ),
 }
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -50,7 +50,10 @@ class Trajectory:
     transfer : list of LongTensor
         ``transfer[s]`` holds the positions committed at step ``s`` (ascending).
     final : LongTensor of shape (gen_length,)
-        Equal to ``states[-1]``.
+        The answer: ``states[-1]`` for this sampler (the last step's argmax for the uniform-noise one).
+    conditioning : list of (Tensor or None)
+        Samplers with self-conditioning (:mod:`stages.dmllm.uniform`): step s's conditioning input, which a
+        replay of step s needs; empty otherwise. Left on the model's device by :meth:`to`.
     """
 
     states: torch.Tensor
@@ -58,6 +61,7 @@ class Trajectory:
     confidence: torch.Tensor
     transfer: list[torch.Tensor]
     final: torch.Tensor
+    conditioning: list = field(default_factory=list)
 
     @property
     def steps(self) -> int:
@@ -65,11 +69,12 @@ class Trajectory:
         return len(self.transfer)
 
     def to(self, device: torch.device | str) -> "Trajectory":
-        """The same trajectory with every tensor on ``device`` (``"cpu"`` to read it back)."""
+        """The same trajectory with its tokens and scores on ``device`` (``"cpu"`` to read it back); the
+        conditioning inputs stay where the model reads them."""
         return Trajectory(
             states=self.states.to(device), unmask_step=self.unmask_step.to(device),
             confidence=self.confidence.to(device), transfer=[t.to(device) for t in self.transfer],
-            final=self.final.to(device),
+            final=self.final.to(device), conditioning=self.conditioning,
         )
 
 

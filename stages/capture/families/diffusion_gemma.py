@@ -11,11 +11,15 @@ cached keys and values - exactly LaViDa's Prefix-DLM situation, hence ``prefix-c
 (``full`` re-runs the encoder at every step, same values). The last encoder layer's output feeds no key or
 value (only the encoder's final norm), so, as for every family, hook an earlier layer.
 
-What differs from DiffusionGemma's own ``generate`` (documented, on purpose): the capture drives one canvas
-(``gen_length = canvas_length``) with the shared masked-diffusion sampler, starting from a "mask" token
-(the replica's ``<mask>``; the checkpoint's pad token), without self-conditioning and without uniform
-renoising or its entropy-bound acceptance. The replayed forwards are the model's own; the trajectory is
-not the one its sampler would take.
+Sampler: DiffusionGemma's own (:mod:`stages.dmllm.uniform`): one canvas (``gen_length = canvas_length``)
+that starts as random vocabulary tokens, entropy-bound acceptance, uniform re-noising and self-conditioning
+on the previous step's logits (each step's conditioning input is recorded so its replay is the same forward),
+temperature 0.8 -> 0.4 over 48 steps by default. What differs: one canvas (upstream continues with further
+canvases autoregressively) and no adaptive early stop.
+
+The encoder's attention follows ``generate()``'s prefill: image tokens see each other both ways where the
+config says ``use_bidirectional_attention="vision"`` (the mask ``create_masks_for_generate`` builds from
+``mm_token_type_ids``; the encoder called bare drops it).
 
 Image input: the replica builds ``pixel_values`` (B, patches, 3 * p * p) and ``image_position_ids``
 (B, patches, 2) as (x, y) directly from the image resized to a square (:func:`patchify`; identical to
@@ -61,6 +65,8 @@ class DiffusionGemmaAdapter(ModelAdapter):
     family = "diffusion-gemma"
     modes = ("prefix-cache", "full")
     default_mode = "prefix-cache"
+    sampler = "uniform-noise"
+    default_steps = 48  # max_denoising_steps of generate()'s defaults
 
     def __init__(self, model, codec, *, mask_id: int, eos_id: int, gen_length: int | None = None, forbid_ids=(),
                  image_size: int = 48, processor=None, default_prompt: str = REPLICA_PROMPT):
@@ -150,14 +156,25 @@ class DiffusionGemmaAdapter(ModelAdapter):
         out = self.encoder()(input_ids=ids, attention_mask=mask, cache=cache, position_ids=position_ids, **prep.extra)
         return cache, self._softcap(self.model.lm_head(out.last_hidden_state))
 
-    def answer_logits(self, prep: Prepared, cache: Any, x: torch.Tensor) -> torch.Tensor:
-        # The decoder reads the encoder cache and never writes it: nothing to crop.
-        return self.model(decoder_input_ids=x, cache=cache).logits
+    @property
+    def vocab_size(self) -> int:
+        """The vocabulary the canvas is drawn from."""
+        return int(self.model.config.get_text_config().vocab_size)
 
-    def full_logits(self, prep: Prepared, x: torch.Tensor, *, prefix_dlm_mask: bool = False) -> torch.Tensor:
+    def answer_logits(self, prep: Prepared, cache: Any, x: torch.Tensor, *,
+                      conditioning: torch.Tensor | None = None) -> torch.Tensor:
+        """Canvas logits; ``conditioning``: the previous step's processed logits (self-conditioning), as
+        ``generate()`` casts them to the embeddings' dtype."""
+        # The decoder reads the encoder cache and never writes it: nothing to crop.
+        if conditioning is not None:
+            conditioning = conditioning.to(self.model.model.decoder.embed_tokens.weight.dtype)
+        return self.model(decoder_input_ids=x, cache=cache, self_conditioning_logits=conditioning).logits
+
+    def full_logits(self, prep: Prepared, x: torch.Tensor, *, prefix_dlm_mask: bool = False,
+                    conditioning: torch.Tensor | None = None) -> torch.Tensor:
         # The encoder never sees the canvas, so a full pass *is* the Prefix-DLM computation.
         cache, prompt_logits = self.prefix_pass(prep)
-        return torch.cat([prompt_logits, self.answer_logits(prep, cache, x)], dim=1)
+        return torch.cat([prompt_logits, self.answer_logits(prep, cache, x, conditioning=conditioning)], dim=1)
 
     def lm_head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self._softcap(self.model.lm_head(self.encoder().language_model.norm(hidden)))
