@@ -1,8 +1,9 @@
 """Capture one sample: generate, then replay the recorded steps with gradients.
 
-Generation runs the masked-diffusion sampler without gradients and records the
+Generation runs the family's sampler (masked diffusion, or DiffusionGemma's
+uniform-noise one with self-conditioning, ``adapter.sampler``) and records the
 trajectory (token state before every step, unmask step and confidence of every
-position). The targets (generated words) are only known once generation ends, so
+position, and the self-conditioning input of every step where there is one). The targets (generated words) are only known once generation ends, so
 attribution *replays* the recorded states: for every attribution step s the
 step's forward runs again on ``states[s]`` with gradients on and hooks on the
 chosen blocks; the forward is the same computation as during sampling (the
