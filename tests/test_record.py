@@ -130,3 +130,17 @@ def test_cli_and_run_config_take_the_record_policy(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["capture", "--data", str(data), "--out", str(tmp_path / "s"), "--record", "sometimes"])
     assert e.value.code == 1 and "--record must be 'unmask-step' or 'all'" in capsys.readouterr().err
+
+
+def test_the_select_stage_refuses_a_policy_the_capture_cannot_serve_in_one_line(adapter, image, tmp_path):
+    from stages.explain.select import run_select
+
+    cap = _capture(adapter, image, "full", "unmask-step")
+    store = CaptureStore.create(tmp_path / "store", config={"record": "unmask-step"})
+    store.write_sample("s", arrays=cap.arrays, layer_arrays=cap.layer_arrays, attrs=cap.attrs)
+    with pytest.raises(DcamError, match=r"^--policy last-feasible: the capture .* recorded each target at its unmask "
+                                        r"step only \(--record unmask-step\)") as e:
+        run_select(tmp_path / "store", tmp_path / "sel", policy="last-feasible")
+    assert "\n" not in str(e.value)
+    manifest = run_select(tmp_path / "store", tmp_path / "sel", policy="unmask-step")
+    assert [s.status for s in manifest.samples] == ["ok"]

@@ -108,6 +108,9 @@ def run_select(store_path: str | Path, out_dir: str | Path, *, policy: str = "un
         raise DcamError(f"steps are only used by policy 'explicit', not {policy!r}")
     t0 = time.perf_counter()
     store = CaptureStore.open(store_path)
+    if store.config.get("record") == "unmask-step" and policy != "unmask-step":
+        raise DcamError(f"--policy {policy}: the capture {store_path} recorded each target at its unmask step only "
+                        "(--record unmask-step); capture with --record all for this policy")
     cap_manifest = store.manifest()
     rows, statuses = [], []
     wanted = set(sample_ids) if sample_ids is not None else None
