@@ -196,8 +196,9 @@ def capture_shard(cfg: RunConfig, dataset: str, shard: list[str]) -> dict[str, A
         adapter = load_adapter(cfg.capture.model, device=cfg.capture.device)
         c = cfg.capture
         config = family_config(adapter, layers=c.layers, steps=c.steps, block_length=c.block_length, mode=c.mode,
-                               temperature=c.temperature, seed=c.seed, score=c.score, store_grads=c.store_grads,
-                               record=c.record)
+                               # a temperature the run config does not set is the family's (LaViDa: 0.1)
+                               temperature=c.temperature if "temperature" in c.model_fields_set else None,
+                               seed=c.seed, score=c.score, store_grads=c.store_grads, record=c.record)
         capture_dataset(dataset, store, adapter=adapter, model_spec=c.model, config=config, limit=cfg.dataset.limit,
                         sample_ids=shard, finalize_store=False)
     return {"store": str(store), "status": "computed", "shard": len(shard), "seconds": time.perf_counter() - t0}
