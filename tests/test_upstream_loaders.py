@@ -191,3 +191,40 @@ def test_the_mmada_grid_comes_from_num_vq_tokens(tmp_path):
                            gen_length=8)
     span = adapter.prepare(np.zeros((64, 64, 3), np.uint8)).span
     assert adapter.grid == (16, 16) and (span.grid_h, span.grid_w) == (16, 16) and span.end - span.start == 256
+
+
+@pytest.mark.parametrize("family", ["lavida-llada", "lavida-dream"])
+def test_load_lavida_with_stand_ins_casts_to_bf16_and_sets_the_familys_ids(tmp_path, monkeypatch, llava_cleanup,
+                                                                           family):
+    """LaViDa's builder leaves SigLIP in fp16; predict.py casts the whole model to bf16. Dream's mask id is its
+    config's 151666 whatever the tokenizer says; LLaDA stops at <|eot_id|>, Dream at <|im_end|>."""
+    from tokenizers import AddedToken
+
+    from stages.capture.families.lavida import DREAM_MASK_ID, LLADA_MASK_ID, load_lavida
+
+    _llava(tmp_path, monkeypatch, "LlavaLladaForMaskedDiffusion")
+    tower = tmp_path / "siglip"
+    tower.mkdir()
+    monkeypatch.setenv("LAVIDA_VISION_TOWER", str(tower))
+    tok = _llada_like_tokenizer()
+    tok.add_tokens([AddedToken("<|im_end|>", special=True)])
+    tok.add_special_tokens({"mask_token": "<unk>"})  # a tokenizer mask id that is not Dream's
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.trunk = torch.nn.Linear(2, 2).to(torch.bfloat16)
+            self.vision_tower = torch.nn.Linear(2, 2).to(torch.float16)  # as LaViDa's builder leaves it
+            self.config = SimpleNamespace()
+
+        def tie_weights(self):
+            pass
+
+    model = Model()
+    builder = require_module(family, "llava.model.builder", "LaViDa")
+    monkeypatch.setattr(builder, "load_pretrained_model", lambda *a, **k: (tok, model, None, None))
+    adapter = load_lavida(family, str(tmp_path), "cpu")
+    assert {p.dtype for p in adapter.model.parameters()} == {torch.bfloat16}
+    stop = "<|eot_id|>" if family == "lavida-llada" else "<|im_end|>"
+    assert adapter.mask_id == (LLADA_MASK_ID if family == "lavida-llada" else DREAM_MASK_ID)
+    assert tok.convert_tokens_to_ids(stop) in adapter.codec.stop_ids
