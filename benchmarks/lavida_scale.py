@@ -199,7 +199,7 @@ def measure(tiny: bool, layer: int, steps: int) -> None:
                 masked_diffusion_sample(
                     adapter.logits_fn(prep, cfg.mode), gen_length=adapter.gen_length, mask_id=adapter.mask_id,
                     steps=cfg.steps, block_length=cfg.block_length, forbid_ids=adapter.forbid_ids,
-                    generator=torch.Generator().manual_seed(sample_seed(0, "bench")),
+                    generator=torch.Generator().manual_seed(sample_seed(0, "bench")), device=adapter.device,
                 )
             stored = 0
         else:

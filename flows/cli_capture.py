@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import typer
 
-from flows.options import check_at_least, check_choice, parse_int_list, require
-from schemas.errors import DcamError
+from flows.options import check_at_least, check_choice, check_device, parse_int_list, require
 
 
 def capture(
@@ -21,10 +19,14 @@ def capture(
     mode: str = typer.Option(None, "--mode", help="full: recompute prompt+image+answer every step (LLaDA-V/MMaDA); prefix-cache: image encoded once, gradients flow through the cache (LaViDa). Default: the family's own (toy: full)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed (per sample, derived from seed and sample id)."),
-    temperature: float = typer.Option(0.0, "--temperature", help="Gumbel-noise temperature of the sampler (0 = greedy)."),
+    temperature: float = typer.Option(None, "--temperature", help="Gumbel-noise temperature of the sampler (0 = greedy); default: the family's (see 'dcam models')."),
+    schedule: str = typer.Option(None, "--schedule", help="Tokens committed per step: even (LLaDA's even split), shift (LaViDa's predict.py, shift 3) or dream (Dream's); default: the family's."),
+    remasking: str = typer.Option(None, "--remasking", help="Which masked positions a step commits: low_confidence, random, or entropy (Dream's); default: the family's."),
+    top_p: float = typer.Option(None, "--top-p", help="Nucleus filtering of the entropy algorithm (1 = none); default: the family's."),
     score: str = typer.Option("logit", "--score", help="logit: each word's token logit at its position (paper intent); contrastive: the official code's vocabulary-sum of token 2 minus token 1."),
     limit: int = typer.Option(None, "--limit", help="Capture only the first N samples."),
     store_grads: bool = typer.Option(False, "--store-grads", help="Also store full per-position gradients (T x N x D per step; large)."),
+    record: str = typer.Option("unmask-step", "--record", help="unmask-step: each target's gradients at the step it was unmasked only (what the unmask-step selection policy reads; several times cheaper); all: every step for every target (any policy)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing capture store at --out first."),
     allow_outside_paths: bool = typer.Option(False, "--allow-outside-paths", help="Read images the annotations place outside the dataset folder (absolute, or with ..); refused per sample otherwise."),
 ) -> None:
@@ -34,6 +36,7 @@ def capture(
     forward contains the whole image span (feasibility); for attribution steps and the hooked layers: image-span
     activations (fp16) and, per target (each generated word and the whole response), Grad-CAM channel weights,
     positive-gradient channel weights, per-position gradient x activation and the model's own logits (TAM).
+    --record unmask-step (default) keeps a target's gradients at its unmask step only; --record all at every step.
     Exit status: 0 if every sample was captured, 3 if some failed (reasons in 'dcam inspect').
     """
     # Everything the command line decides is checked before a file is written or a model loaded.
@@ -42,37 +45,30 @@ def capture(
     check_at_least(block_length, 1, "--block-length")
     check_choice(mode, ("full", "prefix-cache"), "--mode")
     check_choice(score, ("logit", "contrastive"), "--score")
-    require(re.fullmatch(r"cpu|cuda(:\d+)?", device) is not None, "--device", f"expected cpu, cuda or cuda:N, got {device!r}")
+    check_choice(schedule, ("even", "shift", "dream"), "--schedule")
+    check_choice(remasking, ("low_confidence", "random", "entropy"), "--remasking")
+    require(top_p is None or 0 < top_p <= 1, "--top-p", f"must be in (0, 1], got {top_p}")
+    check_choice(record, ("unmask-step", "all"), "--record")
+    check_device(device)
     require(data.exists(), "--data", f"{data} does not exist")
     require(not out.exists() or out.is_dir(), "--out", f"{out} exists and is not a directory")
     from stages.capture.registry import parse_model_spec
 
     parse_model_spec(model)  # fail fast, before torch is imported
     layer_list = parse_int_list(layers, "--layers")
-    import torch
-
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise DcamError(f"--device {device}: CUDA is not available on this machine")
     from stages.ingest.loaders import load_dataset
 
     samples, rejected = load_dataset(data, limit=limit)  # the progress total: every sample reports once
 
     from flows.progress import progress_bar
-    from stages.capture.core import CaptureConfig, resolve_layers
+    from stages.capture.core import family_config
     from stages.capture.registry import load_adapter
     from stages.capture.run import capture_dataset
 
     adapter = load_adapter(model, device=device)
-    mode = mode or getattr(adapter, "default_mode", "full")
-    if mode not in getattr(adapter, "modes", ("full", "prefix-cache")):
-        raise DcamError(f"--mode {mode}: the {adapter.family} family supports {', '.join(adapter.modes)}")
-    g = adapter.gen_length
-    steps = steps or getattr(adapter, "default_steps", g)
-    block_length = block_length or g
-    config = CaptureConfig(
-        layers=resolve_layers(adapter, layer_list), steps=steps, block_length=block_length, mode=mode,
-        seed=seed, temperature=temperature, score=score, store_grads=store_grads,
-    )
+    config = family_config(adapter, layers=layer_list, steps=steps, block_length=block_length, mode=mode,
+                           temperature=temperature, schedule=schedule, remasking=remasking, top_p=top_p, seed=seed,
+                           score=score, store_grads=store_grads, record=record)
     counts = {"ok": 0, "failed": 0, "skipped": 0}
     with progress_bar("capture", len(samples) + len(rejected)) as advance:
         def on_sample(sid: str, status: str) -> None:
@@ -84,7 +80,8 @@ def capture(
                                    allow_outside_paths=allow_outside_paths or None)
     typer.echo(
         f"captured {manifest.n_ok} samples, {manifest.n_failed} failed ({counts['skipped']} already complete) "
-        f"-> {out}  [{config.mode}, layers {list(config.layers)}, {config.steps} steps]"
+        f"-> {out}  [{config.mode}, layers {list(config.layers)}, {config.steps} steps ({config.schedule}), "
+        f"record {config.record}]"
     )
     for s in manifest.failed()[:5]:
         typer.echo(f"  failed {s.sample_id}: {s.reason}")
@@ -98,7 +95,7 @@ def models() -> None:
 
     for fam in FAMILIES.values():
         spec = fam.name if not fam.needs_path else f"{fam.name}:PATH"
-        typer.echo(f"{spec}\n    {fam.summary}\n    needs: {fam.needs}")
+        typer.echo(f"{spec}\n    {fam.summary}\n    sampler defaults: {fam.defaults}\n    needs: {fam.needs}")
 
 
 def register(app: typer.Typer) -> None:

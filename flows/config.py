@@ -55,6 +55,9 @@ class CaptureSpec(BaseModel):
     temperature: float = Field(0.0, ge=0)
     score: Literal["logit", "contrastive"] = "logit"
     store_grads: bool = False
+    record: Literal["unmask-step", "all"] = Field(
+        "unmask-step", description="what to record: each target at its unmask step (what the unmask-step "
+                                   "policy reads), or every (step, target) pair (any policy)")
     device: str = "cpu"
 
 

@@ -168,7 +168,7 @@ def capture_path(cfg: RunConfig, dataset: str) -> Path:
 def capture_shard(cfg: RunConfig, dataset: str, shard: list[str]) -> dict[str, Any]:
     """Capture one shard of samples into the run's store (skips samples already complete)."""
     from schemas.capture import CaptureStore
-    from stages.capture.core import CaptureConfig, resolve_layers
+    from stages.capture.core import family_config
     from stages.capture.registry import load_adapter
     from stages.capture.run import capture_dataset
 
@@ -183,14 +183,10 @@ def capture_shard(cfg: RunConfig, dataset: str, shard: list[str]) -> dict[str, A
                 return {"store": str(store), "status": "cached", "shard": len(shard)}
         adapter = load_adapter(cfg.capture.model, device=cfg.capture.device)
         c = cfg.capture
-        mode = c.mode or getattr(adapter, "default_mode", "full")
-        if mode not in getattr(adapter, "modes", ("full", "prefix-cache")):
-            raise DcamError(f"capture.mode {mode}: the {adapter.family} family supports {', '.join(adapter.modes)}")
-        config = CaptureConfig(
-            layers=resolve_layers(adapter, c.layers), steps=c.steps or getattr(adapter, "default_steps", adapter.gen_length),
-            block_length=c.block_length or adapter.gen_length, mode=mode, seed=c.seed, temperature=c.temperature,
-            score=c.score, store_grads=c.store_grads,
-        )
+        config = family_config(adapter, layers=c.layers, steps=c.steps, block_length=c.block_length, mode=c.mode,
+                               # a temperature the run config does not set is the family's (LaViDa: 0.1)
+                               temperature=c.temperature if "temperature" in c.model_fields_set else None,
+                               seed=c.seed, score=c.score, store_grads=c.store_grads, record=c.record)
         capture_dataset(dataset, store, adapter=adapter, model_spec=c.model, config=config, limit=cfg.dataset.limit,
                         sample_ids=shard, finalize_store=False, lock_wait=math.inf)  # shards of one run take turns
     return {"store": str(store), "status": "computed", "shard": len(shard), "seconds": time.perf_counter() - t0}

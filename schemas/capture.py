@@ -47,7 +47,8 @@ VOLATILE_ATTRS = ("timings", "image_path")
 #: Sample attributes that record its digests (and so are not part of them).
 DIGEST_ATTRS = ("digest", "array_digests")
 #: Per-sample arrays outside the layer groups.
-SAMPLE_ARRAYS = ("tokens", "unmask_step", "confidence", "step_feasible", "attr_steps", "act_row", "score", "tam_logits")
+SAMPLE_ARRAYS = ("tokens", "unmask_step", "confidence", "step_feasible", "attr_steps", "act_row", "score", "tam_logits",
+                 "recorded")
 
 
 def _zarr():
@@ -116,6 +117,16 @@ class CaptureSample:
             if found != recorded:
                 raise mismatch(f"sample {self.sample_id}: array '{key}'", recorded, found)
         return arr
+
+    def recorded(self) -> np.ndarray:
+        """Bool array (R, T): which (attribution row, target) pairs hold gradient statistics.
+
+        ``dcam capture --record unmask-step`` records each target at its unmask step only; stores written
+        before ``--record`` existed recorded every pair.
+        """
+        if self.has("recorded"):
+            return self.array("recorded").astype(bool)
+        return np.ones((len(self.array("attr_steps")), len(self.targets)), dtype=bool)
 
     def has(self, name: str, layer: int | None = None) -> bool:
         key = f"L{layer}/{name}" if layer is not None else name

@@ -64,9 +64,10 @@ def test_last_block_refused_and_middle_default(adapter):
     assert resolve_layers(adapter, [0, -2]) == (0, 1)
 
 
+@pytest.mark.parametrize("record", ["all", "unmask-step"])
 @pytest.mark.parametrize("mode", ["full", "prefix-cache"])
-def test_stored_gradients_equal_independent_autograd(adapter, image, mode):
-    cap = capture_sample(adapter, image, cfg(mode=mode, store_grads=True), sample_id="s")
+def test_stored_gradients_equal_independent_autograd(adapter, image, mode, record):
+    cap = capture_sample(adapter, image, cfg(mode=mode, store_grads=True, record=record), sample_id="s")
     grads = cap.layer_arrays[1]["grads"]  # (R, T, N, D) fp16
     acts = cap.layer_arrays[1]["acts"]
     alpha = cap.layer_arrays[1]["alpha"]
@@ -74,8 +75,11 @@ def test_stored_gradients_equal_independent_autograd(adapter, image, mode):
     states = torch.as_tensor(cap.arrays["tokens"]).long()
     span = cap.attrs["span"]
     grid = torch.arange(span["start"], span["end"])
-    step, t = 2, 0
+    t = 0
     tgt = targets[t]
+    step = 2 if record == "all" else tgt["unmask_step"]  # unmask-step: the target's own step is recorded
+    row = list(cap.arrays["attr_steps"]).index(step)
+    assert cap.arrays["recorded"][row, t]
     # Independent computation: one plain forward with a hook, one backward of the target's logit.
     model = adapter.model
     store = {}
@@ -100,19 +104,19 @@ def test_stored_gradients_equal_independent_autograd(adapter, image, mode):
     finally:
         h.remove()
     expected = g[0, grid].numpy()
-    np.testing.assert_allclose(grads[step, t].astype(np.float32), expected, rtol=2e-2, atol=1e-3 * np.abs(expected).max())
-    np.testing.assert_allclose(alpha[step, t], expected.mean(0), rtol=1e-4, atol=1e-6 * np.abs(expected).max())
-    a_row = cap.arrays["act_row"][step]
+    np.testing.assert_allclose(grads[row, t].astype(np.float32), expected, rtol=2e-2, atol=1e-3 * np.abs(expected).max())
+    np.testing.assert_allclose(alpha[row, t], expected.mean(0), rtol=1e-4, atol=1e-6 * np.abs(expected).max())
+    a_row = cap.arrays["act_row"][row]
     np.testing.assert_allclose(acts[a_row].astype(np.float32), store["h"][0, grid].detach().numpy(), rtol=1e-2, atol=1e-2)
     assert np.abs(expected).max() > 0
 
 
 def test_feasibility_flags(adapter, image):
-    full = capture_sample(adapter, image, cfg(mode="full"), sample_id="s")
+    full = capture_sample(adapter, image, cfg(mode="full", record="all"), sample_id="s")
     assert full.arrays["step_feasible"].all()
     assert [f["kind"] for f in full.attrs["forwards"]] == ["full"] * STEPS
     assert full.layer_arrays[1]["acts"].shape[0] == STEPS
-    prefix = capture_sample(adapter, image, cfg(mode="prefix-cache"), sample_id="s")
+    prefix = capture_sample(adapter, image, cfg(mode="prefix-cache", record="all"), sample_id="s")
     kinds = [(f["kind"], f["contains_image_span"]) for f in prefix.attrs["forwards"]]
     assert kinds == [("prefix", True)] + [("answer", False)] * STEPS
     assert not prefix.arrays["step_feasible"].any()

@@ -291,8 +291,8 @@ def test_capture_explain_score_end_to_end(adapters, family, mode):
     adapter = build_replica(family, seed=0)
     image, mask = _scene()
     steps = 4
-    cap = capture_sample(adapter, image, CaptureConfig(layers=(1,), steps=steps, block_length=8, mode=mode),
-                         sample_id="s0")
+    config = CaptureConfig(layers=(1,), steps=steps, block_length=8, mode=mode, record="all")
+    cap = capture_sample(adapter, image, config, sample_id="s0")
     span = adapter.prepare(image).span
     n = span.grid_h * span.grid_w
     la = cap.layer_arrays[1]

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stages.dmllm.sampler import masked_diffusion_sample, num_transfer_tokens
+from stages.dmllm.sampler import (
+    dream_transfer_tokens,
+    entropy_predictions,
+    masked_diffusion_sample,
+    num_transfer_tokens,
+    shift_transfer_tokens,
+)
 
 MASK = 3
 VOCAB = 10
@@ -44,6 +50,70 @@ def sample(fn, **kw):
 )
 def test_num_transfer_tokens_is_llada_even_split(num_masked, steps, expected):
     assert num_transfer_tokens(num_masked, steps) == expected
+
+
+#: LaViDa's predict.py schedule for 64 tokens in 32 steps (generate.py's get_num_transfer_tokens_sch, shift 3).
+LAVIDA_64_IN_32 = [1] * 13 + [2, 1, 1, 2, 2, 1, 2, 2, 3, 2, 2, 3, 3, 4, 3, 4, 5, 5, 4]
+
+
+def test_shift_schedule_commits_as_lavida():
+    assert shift_transfer_tokens(64, 32) == LAVIDA_64_IN_32
+    assert shift_transfer_tokens(8, 4) == [1, 1, 2, 4]
+    assert shift_transfer_tokens(4, 6) == [1, 1, 1, 1, 0, 0]  # more steps than tokens: the rest commit nothing
+    for n, steps in ((64, 64), (37, 16), (128, 64), (5, 5)):
+        counts = shift_transfer_tokens(n, steps)
+        assert sum(counts) == n and all(c >= 1 for c in counts[: min(n, steps)])
+
+
+def test_dream_schedule_commits_as_dream():
+    # t = linspace(1, 1e-3, 5): int(8 * (1 - .7502)) = 1, int(7 * (1 - .5005 / .7502)) = 2, int(5 * .4989) = 2, rest 3
+    assert dream_transfer_tokens(8, 4) == [1, 2, 2, 3]
+    assert dream_transfer_tokens(64, 64)[0] == 0  # int(64 * (1 - 0.98440)) = 0: Dream commits nothing at first
+    for n, steps in ((64, 64), (64, 32), (5, 9)):
+        assert sum(dream_transfer_tokens(n, steps)) == n
+
+
+def test_entropy_algorithm_scores_by_negative_entropy_of_the_filtered_distribution():
+    logits = torch.log(torch.tensor([[[0.6, 0.3, 0.1], [0.34, 0.33, 0.33]]], dtype=torch.float64))
+    x0, score = entropy_predictions(logits, 0.0, 1.0, None)
+    assert x0.tolist() == [[0, 0]]
+    expected = [sum(p * torch.log(torch.tensor(p + 1e-10)).item() for p in row) for row in ([0.6, 0.3, 0.1],
+                                                                                               [0.34, 0.33, 0.33])]
+    torch.testing.assert_close(score[0], torch.tensor(expected, dtype=torch.float64))
+    x0, score = entropy_predictions(logits, 1.0, 0.5, torch.Generator().manual_seed(0))  # nucleus keeps 0.6 alone
+    assert x0[0, 0] == 0 and abs(score[0, 0]) < 1e-8
+    draws = torch.stack([entropy_predictions(logits.expand(200, 2, 3), 1.0, 1.0, torch.Generator().manual_seed(i))[0]
+                         for i in range(3)])
+    share = (draws[..., 0] == 0).double().mean().item()  # samples follow softmax(logits): 0.6 on token 0
+    assert 0.5 < share < 0.7
+
+
+def test_entropy_remasking_commits_the_most_certain_position_first():
+    logits = torch.zeros(1, 16, VOCAB)
+    logits[0, 5, 7] = 12.0  # position 5 is certain, the others flat
+    traj = sample(lambda x: logits, remasking="entropy", steps=16)  # one commit a step
+    assert traj.transfer[0].tolist() == [5] and traj.final[5] == 7
+
+
+def test_the_sampler_follows_the_shift_schedule_per_block():
+    traj = sample(fixed_logits_fn(gen_length=64), gen_length=64, steps=64, block_length=32, schedule="shift")
+    assert [len(t) for t in traj.transfer] == shift_transfer_tokens(32, 32) * 2
+    assert (traj.unmask_step >= 0).all()
+
+
+def test_family_defaults_follow_upstream_and_options_override_them():
+    from stages.capture.core import family_config
+    from stages.capture.replicas import build_replica
+
+    lavida = build_replica("lavida-llada", gen_length=8)
+    config = family_config(lavida)
+    assert (config.schedule, config.temperature, config.steps, config.mode) == ("shift", 0.1, 4, "prefix-cache")
+    config = family_config(lavida, schedule="even", temperature=0.0, steps=8, mode="full")
+    assert (config.schedule, config.temperature, config.steps, config.mode) == ("even", 0.0, 8, "full")
+    config = family_config(build_replica("llada-v", gen_length=8))
+    assert (config.schedule, config.temperature, config.steps, config.mode) == ("even", 0.0, 8, "full")
+    config = family_config(build_replica("lavida-dream", gen_length=8))
+    assert (config.remasking, config.schedule, config.temperature, config.top_p) == ("entropy", "dream", 0.2, 0.95)
 
 
 @pytest.mark.parametrize(
@@ -132,7 +202,9 @@ def test_greedy_is_independent_of_the_generator():
         (dict(steps=3, block_length=8), "steps"),  # 2 blocks do not divide 3 steps
         (dict(steps=0), "steps"),
         (dict(temperature=-1.0), "temperature"),
-        (dict(remasking="entropy"), "remasking"),
+        (dict(remasking="margin"), "remasking"),
+        (dict(schedule="cosine"), "schedule"),
+        (dict(top_p=0.0), "top_p"),
     ],
 )
 def test_bad_schedule_arguments_raise_naming_the_parameter(kw, name):
@@ -194,3 +266,53 @@ def test_full_mode_is_one_unmasked_bidirectional_pass(untrained_model):
     torch.testing.assert_close(logits, everything, atol=1e-6, rtol=0)
     # The image rows see the answer in full mode, so the modes really differ.
     assert not torch.allclose(logits, masked[:, m.prefix_length :], atol=1e-4)
+
+
+# ------------------------------------------------------------------ DiffusionGemma's uniform-noise sampler
+def test_entropy_bound_accepts_the_lowest_entropy_positions_within_the_bound():
+    from stages.dmllm.uniform import entropy_bound_accept
+
+    logits = torch.zeros(1, 5, 6)
+    logits[0, 1, 2] = logits[0, 3, 4] = 40.0  # positions 1 and 3 certain (entropy 0), the others log 6 = 1.79
+    # sum of the accepted entropies minus their largest <= bound: both certain ones plus one uncertain one
+    assert entropy_bound_accept(logits, 0.1)[0].tolist() == [True, True, False, True, False]
+    assert entropy_bound_accept(logits, 2.0)[0].sum() == 4  # 0 + 0 + 1.79 <= 2 lets a fourth in
+
+
+def test_uniform_noise_sampler_conditions_on_the_previous_tempered_logits():
+    from stages.dmllm.uniform import T_MAX, T_MIN, uniform_noise_sample
+
+    steps, calls = 4, []
+    table = torch.randn(5, 6, generator=torch.Generator().manual_seed(0)) * 4
+
+    def step_fn(x, conditioning):
+        calls.append((x.clone(), conditioning))
+        return (table + len(calls)).unsqueeze(0)
+
+    traj = uniform_noise_sample(step_fn, gen_length=5, vocab_size=6, steps=steps, generator=torch.Generator().manual_seed(1))
+    assert calls[0][1] is None and traj.conditioning[0] is None
+    for i in range(1, steps):  # step i sees step i-1's logits divided by its temperature (N..1 counter)
+        temperature = T_MIN + (T_MAX - T_MIN) * (steps - i + 1) / steps
+        torch.testing.assert_close(calls[i][1], (table + i).unsqueeze(0) / temperature)
+        assert traj.conditioning[i] is calls[i][1] and torch.equal(calls[i][0][0], traj.states[i])
+    assert torch.equal(traj.final, table.argmax(-1)) and traj.states.shape == (steps + 1, 5)
+    again = uniform_noise_sample(step_fn, gen_length=5, vocab_size=6, steps=steps, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(again.states, traj.states)
+
+
+def test_uniform_noise_unmask_step_is_when_the_argmax_settles():
+    from stages.dmllm.uniform import uniform_noise_sample
+
+    calls = []
+
+    def step_fn(x, conditioning):
+        calls.append(1)
+        logits = torch.zeros(1, 3, 4)
+        logits[0, 0, 1 if len(calls) <= 2 else 2] = 5.0  # position 0 settles on token 2 at step 2
+        logits[0, 1, 3] = 5.0  # position 1 never changes
+        logits[0, 2, 0 if len(calls) != 4 else 1] = 5.0  # position 2 changes only at the last step
+        return logits
+
+    traj = uniform_noise_sample(step_fn, gen_length=3, vocab_size=4, steps=4, generator=torch.Generator().manual_seed(0))
+    assert traj.final.tolist() == [2, 3, 1] and traj.unmask_step.tolist() == [2, 0, 3]
+    assert [t.tolist() for t in traj.transfer] == [[1], [], [0], [2]]

@@ -64,9 +64,32 @@ class ModelAdapter(abc.ABC):
     gen_length: int
     #: Token ids never sampled (mask, image placeholder, ...).
     forbid_ids: tuple[int, ...] = ()
+    #: Sampler modes the family supports, its own first (the default).
+    modes: tuple[str, ...] = ("full", "prefix-cache")
+    default_mode: str = "full"
+    #: The family's upstream sampler defaults: commit schedule, remasking, temperature, nucleus, steps per token.
+    default_schedule: str = "even"
+    default_remasking: str = "low_confidence"
+    default_temperature: float = 0.0
+    default_top_p: float = 1.0
+    step_ratio: float = 1.0
+    #: The family's sampler: "masked" (:func:`stages.dmllm.sampler.masked_diffusion_sample`) or "uniform-noise"
+    #: (:func:`stages.dmllm.uniform.uniform_noise_sample`; its forwards then take ``conditioning=``, the
+    #: previous step's logits, and the adapter has ``vocab_size``).
+    sampler: str = "masked"
 
     def __init__(self, model: torch.nn.Module):
         self.model = model
+
+    @property
+    def default_steps(self) -> int:
+        """Denoising steps by default: ``step_ratio`` of the generation length (LaViDa's ``predict.py``: 0.5)."""
+        return max(1, int(self.gen_length * self.step_ratio))
+
+    @property
+    def device(self) -> torch.device:
+        """The model's device: every tensor handed to the model is built or moved there."""
+        return next(self.model.parameters()).device
 
     # ------------------------------------------------------------- structure
     @abc.abstractmethod
@@ -143,17 +166,31 @@ class ModelAdapter(abc.ABC):
         """Group generated ids into words: [(word, [response positions]), ...], specials dropped."""
 
 
-def snapshot_cache(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """References to a transformers ``DynamicCache``'s per-layer keys and values."""
-    return [(layer.keys, layer.values) for layer in cache.layers]
+def snapshot_cache(cache: Any) -> dict[str, Any]:
+    """References to a transformers ``DynamicCache``'s per-layer keys and values (and its token count).
+
+    Both interfaces are read: ``cache.layers`` (transformers >= 4.56, this environment) and the
+    ``key_cache`` / ``value_cache`` lists of the families' pinned transformers (LaViDa: 4.50.3).
+    """
+    if hasattr(cache, "layers"):
+        kv = [(layer.keys, layer.values) for layer in cache.layers]
+    else:
+        kv = list(zip(cache.key_cache, cache.value_cache))
+    return {"kv": kv, "seen_tokens": getattr(cache, "_seen_tokens", None)}
 
 
-def restore_cache(cache: Any, snapshot: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+def restore_cache(cache: Any, snapshot: dict[str, Any]) -> None:
     """Put back the prefix keys and values after a step appended to them.
 
     ``cache.crop`` would slice the step's concatenation, keeping every step's graph alive
     through the cache: under gradients memory and backward time would then grow with the
     number of steps. Restoring the prefix tensors drops each step's graph with its logits.
     """
-    for layer, (keys, values) in zip(cache.layers, snapshot):
-        layer.keys, layer.values = keys, values
+    if hasattr(cache, "layers"):
+        for layer, (keys, values) in zip(cache.layers, snapshot["kv"]):
+            layer.keys, layer.values = keys, values
+    else:
+        cache.key_cache[:] = [k for k, _ in snapshot["kv"]]
+        cache.value_cache[:] = [v for _, v in snapshot["kv"]]
+    if snapshot["seen_tokens"] is not None:
+        cache._seen_tokens = snapshot["seen_tokens"]

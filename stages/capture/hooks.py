@@ -3,12 +3,17 @@
 :class:`BlockRecorder` is a context manager: hooks are registered on entry and
 always removed on exit, also when the body raises, and the recorded tensors are
 dropped with them, so nothing accumulates across samples.
+
+Under :func:`frozen_weights` nothing below the first hooked block needs a graph:
+the hook makes that block's output a leaf that requires grad, so the graph (its
+memory and its backward) starts there.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 
@@ -52,7 +57,10 @@ class BlockRecorder:
 
     def _hook(self, layer: int):
         def hook(_module, _inputs, output):
-            self.records.append(Record(layer, self.output_fn(output)))
+            hidden = self.output_fn(output)
+            if torch.is_grad_enabled() and not hidden.requires_grad:
+                hidden.requires_grad_()  # nothing below needs a graph (frozen weights): it starts here
+            self.records.append(Record(layer, hidden))
 
         return hook
 
@@ -70,3 +78,20 @@ class BlockRecorder:
     @property
     def active(self) -> int:
         return len(self._handles)
+
+
+@contextlib.contextmanager
+def frozen_weights(model: torch.nn.Module) -> Iterator[None]:
+    """Weights that require no gradient inside the block, as they were after it.
+
+    Attribution differentiates scores with respect to hooked activations only; with the weights
+    frozen no forward keeps a graph for them, nor for the layers below the first hooked block.
+    """
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)

@@ -18,6 +18,8 @@ class Family:
     needs: str
     load: Callable[..., object]
     needs_path: bool = True
+    #: The sampler defaults the family's adapter declares (its upstream's), as ``dcam models`` shows them.
+    defaults: str = "even split (LLaDA), temperature 0, steps = generation length"
 
 
 def _toy(path: str | None, device: str):
@@ -71,6 +73,8 @@ FAMILIES: dict[str, Family] = {
         "LaViDa's repo (jacklishufan/LaViDa, pip install -e .) with its pins (transformers==4.50.3, deepspeed); "
         "LAVIDA_VISION_TOWER = local siglip-so400m-patch14-384",
         _lavida_llada,
+        defaults="LaViDa's predict.py: shift schedule (shift 3), temperature 0.1, steps = 0.5 x generation length "
+                 "(--schedule even --temperature 0 --steps N for LLaDA's even split)",
     ),
     "lavida-dream": Family(
         "lavida-dream",
@@ -79,6 +83,9 @@ FAMILIES: dict[str, Family] = {
         "LaViDa's repo (jacklishufan/LaViDa) with its pins (transformers==4.50.3, deepspeed); "
         "LAVIDA_VISION_TOWER = local siglip-so400m-patch14-384",
         _lavida_dream,
+        defaults="LaViDa's llava_dream generate: Dream's entropy algorithm (negative-entropy confidence), Dream's "
+                 "schedule, temperature 0.2, top-p 0.95, one block (--remasking low_confidence --schedule even "
+                 "--temperature 0 --top-p 1 for LLaDA's)",
     ),
     "llada-v": Family(
         "llada-v",
@@ -98,9 +105,12 @@ FAMILIES: dict[str, Family] = {
     "diffusion-gemma": Family(
         "diffusion-gemma",
         "DiffusionGemma (transformers): image soft tokens in the prompt encoder, canvas denoised by the decoder "
-        "through the encoder cache; default mode prefix-cache; shared masked sampler, one canvas",
+        "through the encoder cache; default mode prefix-cache; one canvas",
         "transformers >= 5 (diffusion_gemma, already installed) and a local checkpoint with its processor files",
         _diffusion_gemma,
+        defaults="generate()'s own: canvas of random tokens, entropy-bound acceptance (0.1), uniform re-noising, "
+                 "self-conditioning, temperature 0.8 -> 0.4, 48 steps (no adaptive early stop); --temperature, "
+                 "--schedule, --remasking do not apply",
     ),
 }
 

@@ -325,8 +325,9 @@ class _HFMultimodalReplica(nn.Module, LlavaMetaReplica):
         return self.model
 
 
-def _hf_llava_replica(kind: str, vocab_size: int, spec: VisionSpec, config: SimpleNamespace) -> _HFMultimodalReplica:
-    cls_model, cfg = _hf_trunk(kind, vocab_size)
+def _hf_llava_replica(kind: str, vocab_size: int, spec: VisionSpec, config: SimpleNamespace,
+                      trunk: dict | None = None) -> _HFMultimodalReplica:
+    cls_model, cfg = _hf_trunk(kind, vocab_size, **(trunk or {}))
     replica = _HFMultimodalReplica()
     replica.model = cls_model(cfg)
     _add_vision(replica.model, spec, cfg.hidden_size)
@@ -349,10 +350,13 @@ def llada_v_pinpoints(view: int, max_side: int = 6) -> list[tuple[int, int]]:
     return [(i * view, j * view) for i in range(1, max_side + 1) for j in range(1, max_side + 1)]
 
 
-def llada_v_replica(vocab_size: int, spec: VisionSpec = LLADA_V_VIEW) -> nn.Module:
-    """``LlavaLLaDAModelLM`` at replica scale: Llama-style ``model.layers``, ``lm_head``, anyres_max_4."""
+def llada_v_replica(vocab_size: int, spec: VisionSpec = LLADA_V_VIEW, trunk: dict | None = None) -> nn.Module:
+    """``LlavaLLaDAModelLM`` at replica scale: Llama-style ``model.layers``, ``lm_head``, anyres_max_4.
+
+    ``trunk``: the Llama trunk's ``d``, ``layers``, ``heads`` (default 48, 3, 4).
+    """
     config = _llava_config(llada_v_pinpoints(spec.view_size), "anyres_max_4")
-    return _hf_llava_replica("llama", vocab_size, spec, config)
+    return _hf_llava_replica("llama", vocab_size, spec, config, trunk)
 
 
 # ---------------------------------------------------------------- MMaDA
@@ -395,6 +399,7 @@ class MMadaReplica(nn.Module):
         self.text_vocab_size = text_vocab_size
         self.model = LLaDAModel(OlmoLladaConfig(vocab_size=text_vocab_size + len(self.spec.codebook)))
         self.vq_model = ColourQuantizer(self.spec)
+        self.config = SimpleNamespace(num_vq_tokens=self.spec.side**2)  # as MMaDA's config states its grid
 
     def forward(self, input_ids: torch.Tensor) -> LLaDAOutput:
         return self.model(input_ids)

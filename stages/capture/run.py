@@ -189,6 +189,9 @@ def _capture_locked(out: Path, samples, rejected, *, adapter, model_spec: str, c
         if on_sample:
             on_sample(sid, status)
 
+    # The model and everything loaded so far stay alive: freezing them keeps the collector from scanning them
+    # again (a gc.collect() per sample scanned ~400k objects, 0.3 to 0.4 s each).
+    gc.freeze()
     for s in samples:
         status, reason, inputs = "ok", None, None
         prompt = getattr(s, "prompt", None)
@@ -217,7 +220,7 @@ def _capture_locked(out: Path, samples, rejected, *, adapter, model_spec: str, c
             store.write_failed(s.sample_id, reason, {"image_path": s.image_path, "input_digest": inputs})
         if on_sample:
             on_sample(s.sample_id, status)
-        gc.collect()
+    gc.unfreeze()
 
     if finalize_data is None:
         return None

@@ -42,7 +42,7 @@ class ToyAdapter(ModelAdapter):
     def prepare(self, image: np.ndarray, prompt: str | None = None) -> Prepared:
         if prompt not in (None, "", self.default_prompt()):
             raise ValueError(f"the toy model takes only its fixed prompt {self.default_prompt()!r}, got {prompt!r}")
-        device = next(self.model.parameters()).device
+        device = self.device
         pixel_values = self.model.preprocess(image).to(device)
         embeds, (start, end) = self.model.embed_prompt(pixel_values)
         h, w = self.model.grid

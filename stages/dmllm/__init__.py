@@ -2,10 +2,17 @@
 
 from stages.dmllm.sampler import (
     REMASKING,
+    SCHEDULES,
     Trajectory,
+    dream_transfer_tokens,
+    entropy_predictions,
     masked_diffusion_sample,
     num_transfer_tokens,
+    shift_transfer_tokens,
+    transfer_schedule,
     validate_schedule,
 )
 
-__all__ = ["REMASKING", "Trajectory", "masked_diffusion_sample", "num_transfer_tokens", "validate_schedule"]
+__all__ = ["REMASKING", "SCHEDULES", "Trajectory", "dream_transfer_tokens", "entropy_predictions",
+           "masked_diffusion_sample", "num_transfer_tokens", "shift_transfer_tokens", "transfer_schedule",
+           "validate_schedule"]

@@ -74,9 +74,15 @@ def selection_rows(sample, *, policy: str, layers: Sequence[int] | None, steps: 
     missing = [l for l in use_layers if l not in sample.layers]
     if missing:
         raise DcamError(f"sample {sample.sample_id}: layers {missing} were not captured (captured: {sample.layers})")
+    recorded = sample.recorded()
     rows = []
     for t in sample.targets:
         for step, weight in select_steps(t["unmask_step"], attr_steps, policy=policy, steps=steps):
+            if not recorded[attr_steps.index(step), int(t["index"])]:
+                raise DcamError(
+                    f"sample {sample.sample_id}: policy {policy!r} asks for step {step} of target {t['index']} "
+                    f"({t['text']!r}), which the capture did not record (--record "
+                    f"{sample.attrs.get('record', 'unmask-step')}); capture with --record all for this policy")
             for layer in use_layers:
                 rows.append({
                     "sample_id": sample.sample_id, "target": int(t["index"]), "word": t["text"],
@@ -102,6 +108,9 @@ def run_select(store_path: str | Path, out_dir: str | Path, *, policy: str = "un
         raise DcamError(f"steps are only used by policy 'explicit', not {policy!r}")
     t0 = time.perf_counter()
     store = CaptureStore.open(store_path)
+    if store.config.get("record") == "unmask-step" and policy != "unmask-step":
+        raise DcamError(f"--policy {policy}: the capture {store_path} recorded each target at its unmask step only "
+                        "(--record unmask-step); capture with --record all for this policy")
     cap_manifest = store.manifest()
     rows, statuses = [], []
     wanted = set(sample_ids) if sample_ids is not None else None

@@ -11,11 +11,15 @@ cached keys and values - exactly LaViDa's Prefix-DLM situation, hence ``prefix-c
 (``full`` re-runs the encoder at every step, same values). The last encoder layer's output feeds no key or
 value (only the encoder's final norm), so, as for every family, hook an earlier layer.
 
-What differs from DiffusionGemma's own ``generate`` (documented, on purpose): the capture drives one canvas
-(``gen_length = canvas_length``) with the shared masked-diffusion sampler, starting from a "mask" token
-(the replica's ``<mask>``; the checkpoint's pad token), without self-conditioning and without uniform
-renoising or its entropy-bound acceptance. The replayed forwards are the model's own; the trajectory is
-not the one its sampler would take.
+Sampler: DiffusionGemma's own (:mod:`stages.dmllm.uniform`): one canvas (``gen_length = canvas_length``)
+that starts as random vocabulary tokens, entropy-bound acceptance, uniform re-noising and self-conditioning
+on the previous step's logits (each step's conditioning input is recorded so its replay is the same forward),
+temperature 0.8 -> 0.4 over 48 steps by default. What differs: one canvas (upstream continues with further
+canvases autoregressively) and no adaptive early stop.
+
+The encoder's attention follows ``generate()``'s prefill: image tokens see each other both ways where the
+config says ``use_bidirectional_attention="vision"`` (the mask ``create_masks_for_generate`` builds from
+``mm_token_type_ids``; the encoder called bare drops it).
 
 Image input: the replica builds ``pixel_values`` (B, patches, 3 * p * p) and ``image_position_ids``
 (B, patches, 2) as (x, y) directly from the image resized to a square (:func:`patchify`; identical to
@@ -34,7 +38,7 @@ import torch
 from schemas.errors import DcamError
 from schemas.span import SpanLayout
 from stages.capture.adapter import ModelAdapter, Prepared
-from stages.capture.families import REPLICA_PROMPT, HFCodec, require_path
+from stages.capture.families import REPLICA_PROMPT, HFCodec, check_loading_info, require_path
 
 
 def patchify(image: np.ndarray, size: int, patch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,6 +65,8 @@ class DiffusionGemmaAdapter(ModelAdapter):
     family = "diffusion-gemma"
     modes = ("prefix-cache", "full")
     default_mode = "prefix-cache"
+    sampler = "uniform-noise"
+    default_steps = 48  # max_denoising_steps of generate()'s defaults
 
     def __init__(self, model, codec, *, mask_id: int, eos_id: int, gen_length: int | None = None, forbid_ids=(),
                  image_size: int = 48, processor=None, default_prompt: str = REPLICA_PROMPT):
@@ -91,7 +97,7 @@ class DiffusionGemmaAdapter(ModelAdapter):
     def prepare(self, image: np.ndarray, prompt: str | None = None) -> Prepared:
         cfg = self.model.config
         k = cfg.vision_config.pooling_kernel_size
-        device = next(self.model.parameters()).device
+        device = self.device
         if self.processor is None:
             pixel_values, position_ids = patchify(image, self.image_size, cfg.vision_config.patch_size)
             side = self.image_size // cfg.vision_config.patch_size
@@ -138,17 +144,37 @@ class DiffusionGemmaAdapter(ModelAdapter):
         from transformers import DynamicCache
 
         cache = DynamicCache(config=self.model.config.get_text_config())
-        out = self.encoder()(input_ids=prep.prompt_ids, cache=cache, **prep.extra)
+        ids = prep.prompt_ids
+        position_ids = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
+        # As generate()'s prefill: the encoder called bare builds this mask and drops it (causal image tokens);
+        # with it, image tokens attend to each other both ways where the config says so.
+        mask = self.encoder().create_masks_for_generate(
+            config=self.model.config, inputs_embeds=torch.empty((*ids.shape, 0), dtype=self.model.dtype, device=ids.device),
+            attention_mask=torch.ones_like(ids), cache=cache, position_ids=position_ids,
+            mm_token_type_ids=prep.extra["mm_token_type_ids"],
+        )
+        out = self.encoder()(input_ids=ids, attention_mask=mask, cache=cache, position_ids=position_ids, **prep.extra)
         return cache, self._softcap(self.model.lm_head(out.last_hidden_state))
 
-    def answer_logits(self, prep: Prepared, cache: Any, x: torch.Tensor) -> torch.Tensor:
-        # The decoder reads the encoder cache and never writes it: nothing to crop.
-        return self.model(decoder_input_ids=x, cache=cache).logits
+    @property
+    def vocab_size(self) -> int:
+        """The vocabulary the canvas is drawn from."""
+        return int(self.model.config.get_text_config().vocab_size)
 
-    def full_logits(self, prep: Prepared, x: torch.Tensor, *, prefix_dlm_mask: bool = False) -> torch.Tensor:
+    def answer_logits(self, prep: Prepared, cache: Any, x: torch.Tensor, *,
+                      conditioning: torch.Tensor | None = None) -> torch.Tensor:
+        """Canvas logits; ``conditioning``: the previous step's processed logits (self-conditioning), as
+        ``generate()`` casts them to the embeddings' dtype."""
+        # The decoder reads the encoder cache and never writes it: nothing to crop.
+        if conditioning is not None:
+            conditioning = conditioning.to(self.model.model.decoder.embed_tokens.weight.dtype)
+        return self.model(decoder_input_ids=x, cache=cache, self_conditioning_logits=conditioning).logits
+
+    def full_logits(self, prep: Prepared, x: torch.Tensor, *, prefix_dlm_mask: bool = False,
+                    conditioning: torch.Tensor | None = None) -> torch.Tensor:
         # The encoder never sees the canvas, so a full pass *is* the Prefix-DLM computation.
         cache, prompt_logits = self.prefix_pass(prep)
-        return torch.cat([prompt_logits, self.answer_logits(prep, cache, x)], dim=1)
+        return torch.cat([prompt_logits, self.answer_logits(prep, cache, x, conditioning=conditioning)], dim=1)
 
     def lm_head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self._softcap(self.model.lm_head(self.encoder().language_model.norm(hidden)))
@@ -167,15 +193,19 @@ def load_diffusion_gemma(path: str | None, device: str) -> DiffusionGemmaAdapter
     try:
         from transformers import AutoProcessor, DiffusionGemmaForBlockDiffusion
 
-        model = DiffusionGemmaForBlockDiffusion.from_pretrained(str(root), dtype=torch.bfloat16, use_safetensors=True).to(device).eval()
+        model, info = DiffusionGemmaForBlockDiffusion.from_pretrained(str(root), dtype=torch.bfloat16,
+                                                                      output_loading_info=True,
+                                                                      use_safetensors=True)
+        model = model.to(device).eval()
         processor = AutoProcessor.from_pretrained(str(root))
     except Exception as exc:
         raise DcamError(
             f"--model diffusion-gemma: cannot load {root} with transformers' DiffusionGemma classes "
             f"({type(exc).__name__}); needs transformers >= 5 with diffusion_gemma and the checkpoint's processor files"
         ) from None
+    check_loading_info("diffusion-gemma", info)
     tok = processor.tokenizer
     return DiffusionGemmaAdapter(
-        model, HFCodec(tok), mask_id=tok.pad_token_id, eos_id=tok.eos_token_id, forbid_ids=(tok.pad_token_id,),
+        model, HFCodec(tok, (tok.eos_token_id,)), mask_id=tok.pad_token_id, eos_id=tok.eos_token_id, forbid_ids=(tok.pad_token_id,),
         processor=processor, default_prompt="Describe this image in detail.",
     )

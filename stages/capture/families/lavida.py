@@ -42,7 +42,16 @@ import torch.nn.functional as F
 from schemas.errors import DcamError
 from schemas.span import SpanLayout
 from stages.capture.adapter import ModelAdapter, Prepared, restore_cache, snapshot_cache
-from stages.capture.families import REPLICA_PROMPT, HFCodec, require_module, require_path
+from stages.capture.families import (
+    REPLICA_PROMPT,
+    HFCodec,
+    no_hub_loads,
+    reported_weights,
+    require_llava,
+    require_module,
+    require_path,
+    token_ids,
+)
 
 #: LLaVA's ``IMAGE_TOKEN_INDEX``: the placeholder id replaced by the image tokens.
 IMAGE_TOKEN_INDEX = -200
@@ -215,10 +224,6 @@ class LlavaFamilyAdapter(ModelAdapter):
         return self.model.get_model()
 
     @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
     def dtype(self) -> torch.dtype:
         return self.lm().image_newline.dtype
 
@@ -286,6 +291,11 @@ class LavidaLladaAdapter(LlavaFamilyAdapter):
     """LaViDa-LLaDA: OLMo-style LLaDA blocks ``model.get_model().transformer.blocks[i]`` returning ``(x, cache)``."""
 
     family = "lavida-llada"
+    # LaViDa's predict.py, which the official Diffusion-CAM runs: schedule='shift' (shift 3), step_ratio 0.5,
+    # temperature 0.1.
+    default_schedule = "shift"
+    default_temperature = 0.1
+    step_ratio = 0.5
 
     def pools(self) -> bool:
         return not os.environ.get("NOT_ALWASY_DO_2DPOOL")  # LaViDa's (sic) switch, read the same way
@@ -389,6 +399,11 @@ class LavidaDreamAdapter(HFTrunkAdapter):
 
     family = "lavida-dream"
     logit_shift = 1
+    # llava_dream.py's generate: alg="entropy", temperature 0.2, top_p 0.95, one block (Dream's own schedule).
+    default_remasking = "entropy"
+    default_schedule = "dream"
+    default_temperature = 0.2
+    default_top_p = 0.95
 
     def prefix_pass(self, prep: Prepared) -> tuple[Any, torch.Tensor]:
         cache, logits = super().prefix_pass(prep)
@@ -406,6 +421,11 @@ class LavidaDreamAdapter(HFTrunkAdapter):
 
 
 # ================================================================================ loading
+#: LLaDA's mask and end-of-text ids (LLaDA's generate.py, LaViDa's llava_llada.py).
+LLADA_MASK_ID, LLADA_EOS_ID = 126336, 126081
+#: Dream's mask id (``llava_dream.py``, ``configuration_dream.py``).
+DREAM_MASK_ID = 151666
+
 LAVIDA_NEEDS = (
     "LaViDa's own code: clone github.com/jacklishufan/LaViDa and 'pip install -e .' in an environment with its "
     "pins (transformers==4.50.3, torch 2.6, deepspeed 0.16.4); the SigLIP tower (google/siglip-so400m-patch14-384) "
@@ -413,14 +433,22 @@ LAVIDA_NEEDS = (
 )
 
 
+def llada_stop_ids(family: str, tokenizer) -> tuple[int, ...]:
+    """Where a LLaDA response ends: end-of-text and ``<|eot_id|>`` (126348; LLaDA-V's loop stops there). The
+    tokenizer marks ``<|eot_id|>`` special without listing it among its special tokens, so it is looked up."""
+    return (LLADA_EOS_ID, *token_ids(family, tokenizer, ("<|eot_id|>",)))
+
+
 def _llava_prompt(tokenizer, template: str):
     """Prompt builder from the repository's own conversation template and ``tokenizer_image_token``."""
-    from llava.constants import DEFAULT_IMAGE_TOKEN  # type: ignore
-    from llava.conversation import conv_templates  # type: ignore
-    from llava.mm_utils import tokenizer_image_token  # type: ignore
+    with no_hub_loads():  # LaViDa's conversation.py loads a tokenizer from the hub when imported
+        from llava.constants import DEFAULT_IMAGE_TOKEN  # type: ignore
+        from llava.conversation import conv_templates  # type: ignore
+        from llava.mm_utils import tokenizer_image_token  # type: ignore
 
     def build(question: str) -> list[int]:
         conv = conv_templates[template].copy()
+        conv.tokenizer = tokenizer  # else the template loads one from the hub (copy() drops it), as DCAM sets it
         conv.append_message(conv.roles[0], DEFAULT_IMAGE_TOKEN + "\n" + question)
         conv.append_message(conv.roles[1], None)
         return list(tokenizer_image_token(conv.get_prompt(), tokenizer, IMAGE_TOKEN_INDEX))
@@ -431,6 +459,7 @@ def _llava_prompt(tokenizer, template: str):
 def load_lavida(family: str, path: str | None, device: str, *, gen_length: int = 64) -> LlavaFamilyAdapter:
     """Load a LaViDa checkpoint with LaViDa's own ``load_pretrained_model`` (model name selects LLaDA or Dream)."""
     root = require_path(family, path)
+    require_llava(family, "LlavaLladaForMaskedDiffusion", LAVIDA_NEEDS)
     builder = require_module(family, "llava.model.builder", LAVIDA_NEEDS)
     tower = os.environ.get("LAVIDA_VISION_TOWER")
     if not tower or not os.path.isdir(tower):
@@ -438,21 +467,25 @@ def load_lavida(family: str, path: str | None, device: str, *, gen_length: int =
     kind = "llava_llada" if family == "lavida-llada" else "llava_dream"
     vision_kwargs = dict(mm_vision_tower=tower, mm_resampler_type=None, mm_projector_type="mlp2x_gelu",
                          mm_hidden_size=1152, use_mm_proj=True)
-    try:
-        tokenizer, model, _, _ = builder.load_pretrained_model(
-            str(root), None, kind, device_map=device, vision_kwargs=vision_kwargs, torch_dtype="bfloat16",
-            attn_implementation="eager", use_safetensors=True,
-        )
-    except Exception as exc:
-        raise DcamError(f"--model {family}: LaViDa's loader failed on {root} ({type(exc).__name__}: {exc})") from None
+    with reported_weights(family):
+        try:
+            tokenizer, model, _, _ = builder.load_pretrained_model(
+                str(root), None, kind, device_map=device, vision_kwargs=vision_kwargs, torch_dtype="bfloat16",
+                attn_implementation="eager", use_safetensors=True,
+            )
+        except Exception as exc:
+            raise DcamError(f"--model {family}: LaViDa's loader failed on {root} ({type(exc).__name__}: {exc})") from None
     model.eval()
     model.tie_weights()  # as LaViDa's predict.py
+    model.to(torch.bfloat16)  # the builder leaves SigLIP in fp16; predict.py (and DCAM's) cast the whole model
     model.config.mm_spatial_pool_mode = "bilinear"  # what LaViDa's eval wrapper sets
-    codec = HFCodec(tokenizer)
     if family == "lavida-llada":
-        cls, mask_id, eos_id, template = LavidaLladaAdapter, 126336, 126081, "llada"
-    else:
+        cls, mask_id, eos_id, template = LavidaLladaAdapter, LLADA_MASK_ID, LLADA_EOS_ID, "llada"
+        stop_ids = llada_stop_ids(family, tokenizer)
+    else:  # Dream's mask id is fixed by its config (llava_dream.py, configuration_dream.py), not the tokenizer
         cls, template = LavidaDreamAdapter, "dream"
-        mask_id, eos_id = tokenizer.mask_token_id, tokenizer.eos_token_id
+        mask_id, eos_id = DREAM_MASK_ID, tokenizer.eos_token_id
+        stop_ids = (eos_id, *token_ids(family, tokenizer, ("<|im_end|>",)))
+    codec = HFCodec(tokenizer, stop_ids)
     return cls(model, codec, mask_id=mask_id, eos_id=eos_id, gen_length=gen_length, forbid_ids=(mask_id,),
                prompt_ids=_llava_prompt(tokenizer, template), default_prompt="Describe the image in detail.")

@@ -17,8 +17,8 @@ from typing import Any
 
 from schemas.errors import DcamError
 from stages.capture.adapter import Prepared
-from stages.capture.families import HFCodec, require_module, require_path
-from stages.capture.families.lavida import HFTrunkAdapter, _llava_prompt
+from stages.capture.families import HFCodec, reported_weights, require_llava, require_module, require_path
+from stages.capture.families.lavida import LLADA_EOS_ID, LLADA_MASK_ID, HFTrunkAdapter, _llava_prompt, llada_stop_ids
 
 
 class LladaVAdapter(HFTrunkAdapter):
@@ -51,19 +51,22 @@ LLADA_V_NEEDS = (
 def load_llada_v(path: str | None, device: str, *, gen_length: int = 64) -> LladaVAdapter:
     """Load a LLaDA-V checkpoint with the repository's ``load_pretrained_model(..., "llava_llada")``."""
     root = require_path("llada-v", path)
+    require_llava("llada-v", "LlavaLLaDAModelLM", LLADA_V_NEEDS)
     builder = require_module("llada-v", "llava.model.builder", LLADA_V_NEEDS)
-    try:
-        tokenizer, model, _, _ = builder.load_pretrained_model(
-            str(root), None, "llava_llada", device_map=device, attn_implementation="sdpa", use_safetensors=True
-        )
-    except Exception as exc:
-        raise DcamError(f"--model llada-v: LLaDA-V's loader failed on {root} ({type(exc).__name__}: {exc})") from None
+    with reported_weights("llada-v"):
+        try:
+            tokenizer, model, _, _ = builder.load_pretrained_model(
+                str(root), None, "llava_llada", device_map=device, attn_implementation="sdpa", use_safetensors=True
+            )
+        except Exception as exc:
+            raise DcamError(f"--model llada-v: LLaDA-V's loader failed on {root} ({type(exc).__name__}: {exc})") from None
     model.eval()
-    mask_id = 126336
+    mask_id = LLADA_MASK_ID
     return LladaVAdapter(
-        model, HFCodec(tokenizer), mask_id=mask_id, eos_id=tokenizer.eos_token_id, gen_length=gen_length,
+        model, HFCodec(tokenizer, llada_stop_ids("llada-v", tokenizer)), mask_id=mask_id,
+        eos_id=tokenizer.eos_token_id, gen_length=gen_length,
         # generate_with_embeds bans these four at masked positions (EOS included: it stops on strings)
-        forbid_ids=(mask_id, 126081, 126080, 126346, 126347), prompt_ids=_llava_prompt(tokenizer, "llava_llada"),
+        forbid_ids=(mask_id, LLADA_EOS_ID, 126080, 126346, 126347), prompt_ids=_llava_prompt(tokenizer, "llava_llada"),
         default_prompt="Please describe the image in detail.",  # generate_demo.py
     )
 

@@ -26,9 +26,34 @@ import torch
 from schemas.errors import DcamError
 from schemas.span import SpanLayout
 from stages.capture.adapter import ModelAdapter, Prepared
-from stages.capture.families import REPLICA_PROMPT, HFCodec, load_hf_tokenizer, require_module, require_path
+from stages.capture.families import (
+    REPLICA_PROMPT,
+    HFCodec,
+    check_loading_info,
+    load_hf_tokenizer,
+    require_module,
+    require_path,
+)
 
 SPECIALS = ("<|mmu|>", "<|soi|>", "<|eoi|>")
+#: Pixels per MAGVIT-v2 code side (512 px -> 32x32 codes).
+MAGVIT_PATCH = 16
+
+
+def mmada_grid(config) -> tuple[int, int]:
+    """The code grid of a MMaDA checkpoint from its ``num_vq_tokens`` (1024 -> 32x32 for the 512-px demo and
+    MixCoT models; 256 -> 16x16 for the stage 1-3 configs).
+
+    Raises
+    ------
+    DcamError
+        If the config has no ``num_vq_tokens`` or it is not a square number.
+    """
+    n = getattr(config, "num_vq_tokens", None)
+    side = int(round(n ** 0.5)) if isinstance(n, int) and n > 0 else 0
+    if side * side != n:
+        raise DcamError(f"mmada: config.num_vq_tokens must be a square number of image codes, got {n!r}")
+    return side, side
 
 
 class MMadaAdapter(ModelAdapter):
@@ -44,7 +69,7 @@ class MMadaAdapter(ModelAdapter):
     quantizer : object with ``get_code(image) -> (h*w,) codes``, optional
         Default ``model.vq_model`` (the replica's colour quantiser).
     grid : (h, w), optional
-        Code grid; default from the quantiser's spec.
+        Code grid; default from ``model.config.num_vq_tokens`` (:func:`mmada_grid`).
     """
 
     family = "mmada"
@@ -61,7 +86,7 @@ class MMadaAdapter(ModelAdapter):
         self.eos_id = eos_id
         self.gen_length = gen_length
         self.quantizer = quantizer if quantizer is not None else model.vq_model
-        self.grid = grid or (self.quantizer.spec.side, self.quantizer.spec.side)
+        self.grid = grid or mmada_grid(model.config)
         vocab = model.model.transformer.wte.num_embeddings
         # Image codes are never text: forbid them in the response along with the specials.
         self.forbid_ids = tuple(sorted(set(forbid_ids) | set(range(text_vocab_size, vocab))))
@@ -90,7 +115,7 @@ class MMadaAdapter(ModelAdapter):
             prompt or self.default_prompt()
         )
         img = self.image_ids(image)
-        device = next(self.model.parameters()).device
+        device = self.device
         ids = torch.cat([
             torch.tensor([self.special_ids["<|mmu|>"], self.special_ids["<|soi|>"]]), img,
             torch.tensor([self.special_ids["<|eoi|>"]]), torch.tensor(text, dtype=torch.long),
@@ -150,22 +175,29 @@ def load_mmada(path: str | None, device: str, *, gen_length: int = 64) -> MMadaA
                 "<|soi|>", "<|eoi|>", "<|sov|>", "<|eov|>", "<|t2i|>", "<|mmu|>", "<|t2v|>", "<|v2v|>", "<|lvg|>"),
             ignore_id=-100, cond_dropout_prob=0.1, use_reserved_token=True,
         )
-        model = models.MMadaModelLM.from_pretrained(str(root), torch_dtype=torch.bfloat16, use_safetensors=True).to(device).eval()
+        model, info = models.MMadaModelLM.from_pretrained(str(root), torch_dtype=torch.bfloat16, output_loading_info=True,
+                                                         use_safetensors=True)
+        model = model.to(device).eval()
         vq = models.MAGVITv2.from_pretrained(vq_path, use_safetensors=True).to(device).eval()
     except Exception as exc:
         raise DcamError(f"--model mmada: MMaDA's loader failed on {root} ({type(exc).__name__}: {exc})") from None
+    check_loading_info("mmada", info)
+    grid = mmada_grid(model.config)
 
     class _MagvitCodes:
         def get_code(self, image: np.ndarray) -> np.ndarray:
             from PIL import Image
 
-            pil = Image.fromarray(np.asarray(image)).convert("RGB").resize((512, 512), Image.BICUBIC)
+            side = grid[0] * MAGVIT_PATCH  # 32 codes a side at 512 px (inference_mmu.py), 16 at 256 px
+            pil = Image.fromarray(np.asarray(image)).convert("RGB").resize((side, side), Image.BICUBIC)
             x = torch.from_numpy(np.asarray(pil)).permute(2, 0, 1).float().div(255.0)[None].to(device)
             with torch.no_grad():
                 return vq.get_code((x - 0.5) / 0.5)[0].cpu().numpy()
 
+    from stages.capture.families.lavida import llada_stop_ids
+
     text_tok = uni.text_tokenizer
-    codec = HFCodec(text_tok)
+    codec = HFCodec(text_tok, llada_stop_ids("mmada", text_tok))
     specials = {t: int(uni.sptids_dict[t][0]) for t in SPECIALS}
 
     def prompt_ids(question: str) -> list[int]:
@@ -174,6 +206,6 @@ def load_mmada(path: str | None, device: str, *, gen_length: int = 64) -> MMadaA
 
     return MMadaAdapter(
         model, codec, text_vocab_size=len(text_tok), mask_id=126336, eos_id=text_tok.eos_token_id,
-        gen_length=gen_length, forbid_ids=(126336,), quantizer=_MagvitCodes(), grid=(32, 32), special_ids=specials,
+        gen_length=gen_length, forbid_ids=(126336,), quantizer=_MagvitCodes(), grid=grid, special_ids=specials,
         prompt_ids=prompt_ids, default_prompt="Please describe this image in detail.",
     )
