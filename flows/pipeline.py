@@ -23,7 +23,7 @@ from schemas.storage import ArtifactRoot
 from stages.explain.addressing import artifact_dir, artifact_key, dataset_digest, is_done
 from stages.explain.runner import ChainSpec, chain_from_preset, run_stage
 
-CAPTURE_STAGE_VERSION = "1.0"
+CAPTURE_STAGE_VERSION = "1.1"  # 1.1: gnorm (gradient norm per token) recorded
 
 
 # ------------------------------------------------------------------------------------------- root

@@ -41,7 +41,7 @@ KIND = "capture"
 SCHEMA_VERSION = ARTIFACT_SCHEMA_VERSIONS[KIND]
 
 #: Per-layer arrays; the first axis of everything but ``acts`` is the attribution row.
-LAYER_ARRAYS = ("acts", "alpha", "alpha_pos", "gxa", "grads")
+LAYER_ARRAYS = ("acts", "alpha", "alpha_pos", "gxa", "gnorm", "grads")
 #: Sample attributes left out of its digest: they describe the run, not the content.
 VOLATILE_ATTRS = ("timings", "image_path")
 #: Sample attributes that record its digests (and so are not part of them).

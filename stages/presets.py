@@ -76,6 +76,10 @@ PRESETS: dict[str, Preset] = {
             summary="TAM: class logit clipped at 0, min-max (image only), rank Gaussian filter k=3",
         ),
         Preset(
+            "grad-norm", "grad-norm", ("normalize",), "reference",
+            summary="gradient norm per token, min-max normalised: a base map not dominated by token norm (not a CAM)",
+        ),
+        Preset(
             "ablation-baseline", "diffusion-cam-base", (), "reference", _DIFFUSION_BASE, threshold=0.4,
             summary="ablation 'Baseline': official base map, no modules, zero below 0.4 (official baseline mode)",
         ),

@@ -129,7 +129,7 @@ def test_cli_and_run_config_take_the_record_policy(tmp_path, capsys):
     data.mkdir()
     with pytest.raises(SystemExit) as e:
         main(["capture", "--data", str(data), "--out", str(tmp_path / "s"), "--record", "sometimes"])
-    assert e.value.code == 1 and "--record must be 'unmask-step' or 'all'" in capsys.readouterr().err
+    assert e.value.code == 2 and "--record: expected one of unmask-step, all" in capsys.readouterr().err
 
 
 def test_the_select_stage_refuses_a_policy_the_capture_cannot_serve_in_one_line(adapter, image, tmp_path):

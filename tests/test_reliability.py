@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 import torch
 
 import schemas.verify
@@ -599,22 +600,22 @@ def test_case15_profile_and_plain_endpoint_allowed(tmp_path):
 
 
 # ------------------------------------------------------------------ 16. real-model loaders read safetensors only
-@pytest.mark.parametrize("family", ["llada-v", "lavida-llada"])
-def test_case16_llava_family_loaders_ask_for_safetensors(tmp_path, monkeypatch, family):
-    import sys
-    import types
-
+@pytest.mark.parametrize("family,marker", [("llada-v", "LlavaLLaDAModelLM"),
+                                           ("lavida-llada", "LlavaLladaForMaskedDiffusion")])
+def test_case16_llava_family_loaders_ask_for_safetensors(tmp_path, monkeypatch, llava_cleanup, family, marker):
     from stages.capture.registry import load_adapter
+    from test_upstream_loaders import _llava  # the family's own stand-in 'llava' package
 
+    _llava(tmp_path, monkeypatch, marker)
     seen = {}
 
     def load_pretrained_model(*args, **kwargs):
         seen.update(kwargs)
         raise RuntimeError("stop here")
 
-    builder = types.ModuleType("llava.model.builder")
-    builder.load_pretrained_model = load_pretrained_model
-    monkeypatch.setitem(sys.modules, "llava.model.builder", builder)
+    import llava.model.builder as builder
+
+    monkeypatch.setattr(builder, "load_pretrained_model", load_pretrained_model)
     monkeypatch.setenv("LAVIDA_VISION_TOWER", str(tmp_path))
     with pytest.raises(DcamError, match="loader failed .*stop here"):
         load_adapter(f"{family}:{tmp_path}", device="cpu")

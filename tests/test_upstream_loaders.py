@@ -75,11 +75,6 @@ def _llava(tmp_path, monkeypatch, marker: str):
     monkeypatch.syspath_prepend(str(tmp_path))
 
 
-@pytest.fixture
-def llava_cleanup(monkeypatch):
-    yield
-    for name in [m for m in sys.modules if m == "llava" or m.startswith("llava.")]:
-        monkeypatch.delitem(sys.modules, name, raising=False)
 
 
 def test_importing_the_family_code_fetches_nothing_from_a_hub(tmp_path, monkeypatch, llava_cleanup):

@@ -321,7 +321,7 @@ def capture_sample(
         Per-sample arrays (``tokens`` (S+1, G), ``unmask_step`` (G,), ``confidence`` (G,),
         ``step_feasible`` (S,), ``attr_steps`` (R,), ``act_row`` (R,), ``recorded`` (R, T) bool,
         ``score`` (R, T), ``tam_logits`` (R, T, N)) and per-layer arrays (``acts`` (F, N, D) fp16,
-        ``alpha``, ``alpha_pos`` (R, T, D), ``gxa`` (R, T, N), optionally ``grads`` (R, T, N, D) fp16),
+        ``alpha``, ``alpha_pos`` (R, T, D), ``gxa`` and ``gnorm`` (R, T, N), optionally ``grads`` (R, T, N, D) fp16),
         where N = grid_h * grid_w (grid order), T targets, R attribution rows (the replayed steps,
         ``attr_steps``), F activation rows. Gradient statistics of pairs not ``recorded`` are zero.
     """
@@ -447,7 +447,7 @@ def _replay(adapter: ModelAdapter, forward: _StepForward, traj, targets: list[Ta
     n_targets, n_grid = len(targets), len(grid_abs)
 
     acts: dict[int, list[np.ndarray]] = {l: [] for l in layers}
-    stats: dict[int, dict[str, list[np.ndarray]]] = {l: {"alpha": [], "alpha_pos": [], "gxa": [], "grads": []}
+    stats: dict[int, dict[str, list[np.ndarray]]] = {l: {"alpha": [], "alpha_pos": [], "gxa": [], "gnorm": [], "grads": []}
                                                      for l in layers}
     scores, tams, act_row, forwards = [], [], [], []
     step_feasible = np.zeros(config.steps, dtype=bool)
@@ -462,7 +462,7 @@ def _replay(adapter: ModelAdapter, forward: _StepForward, traj, targets: list[Ta
         """Statistics of the gradients (k, 1, L, D) of the targets ``which``; zero rows for the others."""
         d = hidden.shape[-1]
         row = {"alpha": np.zeros((n_targets, d), np.float32), "alpha_pos": np.zeros((n_targets, d), np.float32),
-               "gxa": np.zeros((n_targets, n_grid), np.float32)}
+               "gxa": np.zeros((n_targets, n_grid), np.float32), "gnorm": np.zeros((n_targets, n_grid), np.float32)}
         if config.store_grads:
             row["grads"] = np.zeros((n_targets, n_grid, d), np.float16)
         if grads is not None:
@@ -471,6 +471,7 @@ def _replay(adapter: ModelAdapter, forward: _StepForward, traj, targets: list[Ta
             row["alpha"][which] = to_host(gr.mean(1))
             row["alpha_pos"][which] = to_host(gr.clamp(min=0).mean(1))
             row["gxa"][which] = to_host((gr * a).sum(-1))
+            row["gnorm"][which] = to_host(gr.norm(dim=-1))
             if config.store_grads:
                 row["grads"][which] = to_host(gr).astype(np.float16)
         for name, value in row.items():
@@ -538,7 +539,7 @@ def _replay(adapter: ModelAdapter, forward: _StepForward, traj, targets: list[Ta
     layer_arrays: dict[int, dict[str, np.ndarray]] = {}
     for l in layers:
         la = {"acts": np.stack(acts[l])}
-        for name in ("alpha", "alpha_pos", "gxa", *(("grads",) if config.store_grads else ())):
+        for name in ("alpha", "alpha_pos", "gxa", "gnorm", *(("grads",) if config.store_grads else ())):
             la[name] = np.stack(stats[l][name])
         layer_arrays[l] = la
     return {
