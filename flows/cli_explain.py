@@ -20,6 +20,7 @@ def explain(
     layers: list[str] = typer.Option(None, "--layers", help="Captured layers to explain, repeated or comma-separated (default: all captured)."),
     data: Path = typer.Option(None, "--data", help="Dataset with ground-truth masks: also score the maps (default: the capture's dataset when --score)."),
     score: bool = typer.Option(False, "--score", help="Score the final maps against the dataset's masks."),
+    tam_resize: str = typer.Option("uint8", "--tam-resize", help="How TAM's protocol resizes a map before its Otsu threshold: uint8 (TAM's eval.py, OpenCV fixed point) or float."),
     faithfulness: bool = typer.Option(False, "--faithfulness", help="Then run the faithfulness stage with its defaults (needs the model: see 'dcam faithfulness', which takes its options)."),
     device: str = typer.Option("cpu", "--device", help="With --faithfulness: where the model runs (cpu, cuda or cuda:N)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: per preset and stage, computed or cached, and the output path (with --faithfulness, its per-method records under 'faithfulness')."),
@@ -36,6 +37,7 @@ def explain(
 
     # Everything the command line decides is checked before any output directory is made.
     check_choice(policy, POLICIES, "--policy")
+    check_choice(tam_resize, ("uint8", "float"), "--tam-resize")
     if faithfulness:
         check_device(device)
     steps = parse_int_list(step_indices, "--step-indices")
@@ -58,19 +60,21 @@ def explain(
     dataset = data or (Path(cap.config["data"]) if score else None)
     if dataset is not None and not dataset.exists():
         raise UsageError(f"--data: dataset {dataset} does not exist (pass --data)")
+    require(not faithfulness or dataset is not None, "--faithfulness", "needs the masks' dataset: add --score (or --data)")
     from flows.progress import progress_bar
     from stages.explain.runner import explain_run
 
     with progress_bar("explain", len(specs)) as advance:
         run = explain_run(store, root, specs, policy=policy, layers=layer_list, steps=steps, dataset=dataset,
+                          tam_resize=tam_resize,
                           on_preset=lambda n: advance(1, n))
     summary = None
     if faithfulness:
-        require(dataset is not None, "--faithfulness", "needs the masks' dataset: add --score (or --data)")
         from flows.pipeline import faithfulness_stage
         from stages.faithfulness.stage import FaithfulnessConfig
 
-        summary = faithfulness_stage(root, run, config=FaithfulnessConfig(), device=device)["summary"]
+        summary = faithfulness_stage(root, run, config=FaithfulnessConfig(), device=device,
+                                     tam_resize=tam_resize)["summary"]
     if as_json:
         typer.echo(json.dumps({"root": str(root), **run, **({"faithfulness": {"path": run["faithfulness"], **summary}}
                                                             if summary else {})}, indent=2))

@@ -61,7 +61,8 @@ def faithfulness(
                                 randomisation_samples=randomisation_samples, seed=seed, limit=limit)
     from flows.pipeline import faithfulness_stage
 
-    result = faithfulness_stage(explain_root, run, config=config, methods=names, device=device)
+    result = faithfulness_stage(explain_root, run, config=config, methods=names, device=device,
+                                tam_resize=run.get("tam_resize", "uint8"))
     if as_json:
         typer.echo(json.dumps({"root": str(explain_root), "faithfulness": run["faithfulness"],
                                "stages": run["faithfulness_stages"], **result["summary"]}, indent=2))

@@ -80,10 +80,10 @@ def refine(
     if output_path.exists() and output_path.resolve() == input_path.resolve():
         raise UsageError(f"--output {output_path} is the input file; refusing to overwrite it")
     require(output_path.parent.is_dir(), "--output", f"directory {output_path.parent} does not exist")
-    try:
-        maps = np.load(input_path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise DcamError(f"cannot read --input {input_path} as a .npy array: {e}") from None
+    require(not output_path.is_dir(), "--output", f"{output_path} is a directory; give a .npy file name")
+    from schemas.limits import load_npy
+
+    maps = load_npy(input_path, "--input")
     if not isinstance(maps, np.ndarray) or maps.ndim not in (2, 3) or 0 in maps.shape:
         shape = getattr(maps, "shape", None)
         raise DcamError(f"--input must hold maps of shape (n, h, w) or (h, w), got shape {shape}")
@@ -103,8 +103,11 @@ def refine(
         refined = apply_chain(maps, names, profile=profile, contexts=contexts)
     except ValueError as e:
         raise DcamError(f"--input {input_path}: {e}") from None
-    with open(output_path, "wb") as f:
-        np.save(f, refined)
+    try:
+        with open(output_path, "wb") as f:
+            np.save(f, refined)
+    except OSError as e:
+        raise DcamError(f"--output: cannot write {output_path}: {e.strerror or e}") from None
     shape = "x".join(str(s) for s in maps.shape[-2:])
     typer.echo(f"refined {n_maps} map(s) of {shape} with {','.join(names) or 'no modules'} ({profile} profile) -> {output_path}")
 

@@ -23,8 +23,6 @@ _OTHER_FORMATS = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"
 
 
 def _read_heatmap(path: Path):
-    import numpy as np
-
     require(path.exists(), "--heatmap", f"file not found: {path}")
     require(not path.is_dir(), "--heatmap", f"{path} is a directory, not a .npy file")
     with open(path, "rb") as f:
@@ -32,10 +30,9 @@ def _read_heatmap(path: Path):
     if head != NPY_MAGIC:
         what = next((name for magic, name in _OTHER_FORMATS.items() if head.startswith(magic)), "not a .npy file")
         raise DcamError(f"--heatmap: {path} is {what}; expected a 2-D array saved with numpy.save")
-    try:
-        heat = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise DcamError(f"--heatmap: {path} is not a readable .npy array: {e}") from None
+    from schemas.limits import load_npy
+
+    heat = load_npy(path, "--heatmap")
     if heat.ndim != 2:
         raise DcamError(f"--heatmap: expected a 2-D map (h, w), got shape {heat.shape} in {path}")
     return heat

@@ -134,6 +134,8 @@ class RunConfig(BaseModel):
     sweep: SweepSpec | None = None
     faithfulness: FaithfulnessSpec | None = None
     score: bool = True
+    tam_resize: Literal["uint8", "float"] = Field(
+        "uint8", description="how TAM's protocol resizes a map before Otsu: uint8 (TAM's eval.py) or float")
     report: bool = True
     report_max_samples: int | None = Field(None, ge=1, description="report at most this many samples (all are scored)")
     report_methods: list[str] | None = Field(None, description="chains shown in the report (default: all)")

@@ -220,7 +220,8 @@ def explain_shard(cfg: RunConfig, store: str, dataset: str | None, chains: list[
     out = {}
     for spec in chains:
         res = explain_chain(store, artifact_root(cfg), spec, policy=cfg.explain.policy, layers=cfg.explain.layers,
-                            steps=cfg.explain.steps, dataset=dataset if cfg.score else None, sample_ids=shard)
+                            steps=cfg.explain.steps, dataset=dataset if cfg.score else None, sample_ids=shard,
+                            tam_resize=cfg.tam_resize)
         out[spec.name] = [r.to_dict() for r in res]
     return out
 
@@ -259,7 +260,7 @@ def write_run(cfg: RunConfig, store: str, dataset: str | None, chains: list[Chai
 
     run: dict[str, Any] = {"name": cfg.name, "store": str(Path(store).resolve()),
                            "dataset": str(Path(dataset).resolve()) if dataset else None, "policy": cfg.explain.policy,
-                           "layers": cfg.explain.layers, "presets": {}}
+                           "layers": cfg.explain.layers, "tam_resize": cfg.tam_resize, "presets": {}}
     for spec in chains:
         per_shard = [sr[spec.name] for sr in shard_results]
         merged = merge_chain(cfg, spec.name, per_shard)
@@ -418,4 +419,4 @@ def run_faithfulness_block(cfg: RunConfig, run: dict[str, Any], *, progress=None
     f = cfg.faithfulness
     tick = (lambda stage, sid: progress(stage, 1)) if progress else None
     return faithfulness_stage(artifact_root(cfg), run, config=f.stage_config(), methods=f.methods,
-                              device=f.device or cfg.capture.device, progress=tick)
+                              device=f.device or cfg.capture.device, tam_resize=cfg.tam_resize, progress=tick)

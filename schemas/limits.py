@@ -18,6 +18,10 @@ limit                      variable                     default     what exceeds
 ``yaml_nodes``             ``DCAM_MAX_YAML_NODES``      100000      a run config of more nodes once its aliases
                                                                     are expanded (an "alias bomb" needs only a
                                                                     few aliases): refused before it is built
+``array_bytes``            ``DCAM_MAX_ARRAY_BYTES``     4 GiB       a ``.npy`` input (``refine``, ``score-map``)
+                                                                    whose header claims a larger array, or more
+                                                                    bytes than the file holds: refused before any
+                                                                    memory is allocated
 =========================  ===========================  ==========  =============================================
 
 A JSON annotation file nested deeper than Python's parser can follow is refused in one line as well; so is
@@ -38,6 +42,7 @@ _ENV = {
     "nesting_depth": "DCAM_MAX_NESTING_DEPTH",
     "yaml_aliases": "DCAM_MAX_YAML_ALIASES",
     "yaml_nodes": "DCAM_MAX_YAML_NODES",
+    "array_bytes": "DCAM_MAX_ARRAY_BYTES",
 }
 
 
@@ -51,6 +56,7 @@ class Limits:
     nesting_depth: int = 64
     yaml_aliases: int = 100
     yaml_nodes: int = 100_000
+    array_bytes: int = 4 << 30
 
 
 def limits() -> Limits:
@@ -87,6 +93,27 @@ def check_pixels(height: int, width: int, what: str) -> None:
     if height * width > bound:
         raise DcamError(f"{what} is {width}x{height} = {height * width} pixels, more than the limit of {bound} "
                         f"({_ENV['image_pixels']})")
+
+
+def load_npy(path, what: str):
+    """A ``.npy`` array, its header checked first: no pickles, and no more bytes than the limit or the file.
+
+    Raises
+    ------
+    DcamError
+        One line naming ``what`` (the option) and the file.
+    """
+    import numpy as np
+
+    try:  # a memory map reads the header and checks the file holds the bytes it claims, allocating nothing
+        mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as e:  # numpy's header parser raises ValueError, SyntaxError or tokenize's TokenError
+        raise DcamError(f"{what}: {path} is not a readable .npy array (pickled, truncated or damaged): {e}") from None
+    bound = limits().array_bytes
+    if mapped.nbytes > bound:
+        raise DcamError(f"{what}: {path} holds an array of shape {mapped.shape} ({mapped.nbytes} bytes), more than "
+                        f"the limit of {bound} ({_ENV['array_bytes']})")
+    return np.array(mapped)
 
 
 def check_yaml(text: str, where: str) -> None:

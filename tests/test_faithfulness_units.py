@@ -227,3 +227,48 @@ def test_attribution_arrays_and_randomisation_restore():
     again = after[2].detach().clone()
     reinitialise(levels[0][1], seed=1)
     assert torch.equal(again, after[2])  # seeded
+
+
+# ------------------------------------------------------------------------------------------------ every family
+@pytest.mark.parametrize("family", ["lavida-llada", "lavida-dream", "llada-v", "mmada"])
+def test_perturbation_scores_reproduce_the_captured_attribution_scores(family):
+    """The faithfulness stage scores a word exactly as its attribution row: same token state, same score, same
+    forward (prefix-cache families through the Prefix-DLM mask), for every family's replica in its default mode;
+    and its in-memory attribution arrays equal the captured ones."""
+    from stages.capture.core import capture_sample, family_config
+    from stages.capture.replicas import build_replica
+    from stages.faithfulness.stage import _targets
+
+    adapter = build_replica(family, seed=0)
+    image = np.asarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3)), dtype=np.uint8)
+    config = family_config(adapter, layers=[1], steps=4)
+    cap = capture_sample(adapter, image, config, sample_id="s0")
+
+    class Sample:  # the capture's arrays, as CaptureSample serves them
+        targets = cap.attrs["targets"]
+
+    targets = _targets(Sample)
+    scorer = PerturbationScorer(adapter, mode=config.mode, prompt=None)
+    attr_steps = list(cap.arrays["attr_steps"])
+    checked = 0
+    for t in targets.values():
+        if t.kind != "word" or t.unmask_step not in attr_steps:
+            continue
+        r = attr_steps.index(t.unmask_step)
+        state = cap.arrays["tokens"][t.unmask_step]
+        got = scorer(image[None], state, [t])["score"][0, 0]
+        assert got == pytest.approx(float(cap.arrays["score"][r, t.index]), rel=1e-4, abs=1e-4)
+        arrays = attribution_arrays(adapter, image, state, [t], layer=1, mode=config.mode, prompt=None)
+        np.testing.assert_allclose(arrays["alpha"][0], cap.layer_arrays[1]["alpha"][r, t.index], rtol=1e-3, atol=1e-5)
+        np.testing.assert_allclose(arrays["gnorm"][0], cap.layer_arrays[1]["gnorm"][r, t.index], rtol=1e-3, atol=1e-5)
+        checked += 1
+    assert checked >= 1
+
+
+def test_a_self_conditioned_family_is_refused_in_one_line():
+    from schemas.errors import DcamError
+    from stages.capture.replicas import build_replica
+
+    adapter = build_replica("diffusion-gemma", seed=0)
+    with pytest.raises(DcamError, match="self-condition"):
+        PerturbationScorer(adapter, mode="full", prompt=None)

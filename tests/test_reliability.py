@@ -663,3 +663,39 @@ def test_sample_written_before_array_digests_is_verified_by_its_bytes(tmp_path):
     group.attrs["n"] = 2
     with pytest.raises(IntegrityError, match="sample x does not match its recorded digest"):
         CaptureStore.open(tmp_path / "s").sample("x")
+
+
+# ------------------------------------------------------------------ .npy inputs and outputs: one line, no allocation
+def test_npy_header_claiming_a_huge_array_or_more_bytes_than_the_file_is_refused(tmp_path, capsys, monkeypatch):
+    from flows.cli import main
+
+    good = tmp_path / "m.npy"
+    np.save(good, np.zeros((2, 4, 4), np.float32))
+    raw = good.read_bytes()
+    huge = tmp_path / "huge.npy"  # same header length, a shape of 768 TiB
+    huge.write_bytes(raw.replace(b"(2, 4, 4)", b"(2000000, 400000, 400000)".ljust(9)[:9]) if False else
+                     raw.replace(b"'shape': (2, 4, 4)", b"'shape': (9**9, 9**9)    "[:18]))
+    for args, words in ((["refine", "--input", huge, "--output", tmp_path / "o.npy", "--modules", "akd"], "--input"),
+                        (["score-map", "--heatmap", huge, "--mask", good], "--heatmap")):
+        with pytest.raises(SystemExit) as e:
+            main([str(a) for a in args])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 1 and len(err) == 1 and err[0].startswith(f"dcam: error: {words}: ")
+    monkeypatch.setenv("DCAM_MAX_ARRAY_BYTES", "16")  # the limit itself: 2*4*4 float32 = 128 bytes
+    with pytest.raises(SystemExit):
+        main(["refine", "--input", str(good), "--output", str(tmp_path / "o.npy"), "--modules", "akd"])
+    assert "more than the limit of 16 (DCAM_MAX_ARRAY_BYTES)" in capsys.readouterr().err
+
+
+def test_refine_output_a_directory_or_a_full_device_is_one_line(tmp_path, capsys):
+    from flows.cli import main
+
+    good = tmp_path / "m.npy"
+    np.save(good, np.zeros((2, 4, 4), np.float32))
+    for out, status, words in ((tmp_path, 2, "is a directory"), ("/dev/full", 1, "cannot write /dev/full")):
+        if out == "/dev/full" and not Path(out).exists():
+            continue
+        with pytest.raises(SystemExit) as e:
+            main(["refine", "--input", str(good), "--output", str(out), "--modules", "akd"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == status and len(err) == 1 and words in err[0]

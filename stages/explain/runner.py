@@ -127,8 +127,12 @@ def explain_chain(
     steps: Sequence[int] | None = None,
     dataset: str | Path | None = None,
     sample_ids: Sequence[str] | None = None,
+    tam_resize: str = "uint8",
 ) -> list[StageResult]:
-    """Run select -> base -> modules (-> score when ``dataset`` is given) for one chain."""
+    """Run select -> base -> modules (-> score when ``dataset`` is given) for one chain.
+
+    ``tam_resize`` (``uint8``, TAM's ``eval.py``, or ``float``) is how TAM's protocol resizes a map
+    (:func:`stages.score.stage.run_score`)."""
     from stages.explain.basemap import STAGE_VERSION as BASE_V, run_basemap
     from stages.explain.module import STAGE_VERSION as MOD_V, run_module
     from stages.explain.select import STAGE_VERSION as SEL_V, run_select
@@ -169,8 +173,10 @@ def explain_chain(
 
         ds_digest = dataset_digest(dataset)
         src = prev.path
-        results.append(run_stage(root, "score", SCORE_V, {"method": spec.name}, {"maps": prev.content_digest, "dataset": ds_digest},
-                                 lambda out: run_score(src, dataset, out, method=spec.name), kind="scores",
+        results.append(run_stage(root, "score", SCORE_V, {"method": spec.name, "tam_resize": tam_resize},
+                                 {"maps": prev.content_digest, "dataset": ds_digest},
+                                 lambda out: run_score(src, dataset, out, method=spec.name, tam_resize=tam_resize),
+                                 kind="scores",
                                  needs=[src, dataset]))
     return results
 
@@ -188,6 +194,7 @@ def explain_run(
     steps: Sequence[int] | None = None,
     dataset: str | Path | None = None,
     on_preset: Callable[[str], None] | None = None,
+    tam_resize: str = "uint8",
 ) -> dict[str, Any]:
     """Run several chains over one capture and write ``ROOT/run.json`` describing the run.
 
@@ -198,9 +205,11 @@ def explain_run(
 
     root = Path(root)
     run: dict[str, Any] = {"store": str(Path(store).resolve()), "dataset": str(Path(dataset).resolve()) if dataset else None,
-                           "policy": policy, "layers": list(layers) if layers else None, "presets": {}}
+                           "policy": policy, "layers": list(layers) if layers else None, "tam_resize": tam_resize,
+                           "presets": {}}
     for spec in specs:
-        res = explain_chain(store, root, spec, policy=policy, layers=layers, steps=steps, dataset=dataset)
+        res = explain_chain(store, root, spec, policy=policy, layers=layers, steps=steps, dataset=dataset,
+                            tam_resize=tam_resize)
         maps = [r for r in res if r.stage != "score"][-1]
         scores = [r for r in res if r.stage == "score"]
         run["presets"][spec.name] = {

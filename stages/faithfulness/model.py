@@ -25,6 +25,18 @@ from stages.capture.targets import Target, target_class_ids, target_scores
 BATCHED_FAMILIES = frozenset({"toy"})
 
 
+def refuse_self_conditioned(adapter: ModelAdapter) -> None:
+    """Refuse a family whose every step also reads the previous step's logits (DiffusionGemma's
+    self-conditioning): the capture keeps that input only while it replays, so a word's score cannot be
+    recomputed on a perturbed image at the same state."""
+    from schemas.errors import DcamError
+
+    if getattr(adapter, "sampler", "masked") != "masked":
+        raise DcamError(f"faithfulness: the {adapter.family} family self-conditions each step on the previous "
+                        "step's logits, which the capture store does not keep; its scores cannot be recomputed "
+                        "on perturbed images")
+
+
 def _device(adapter: ModelAdapter) -> torch.device:
     return next(adapter.model.parameters()).device
 
@@ -72,6 +84,7 @@ class PerturbationScorer:
     def __init__(self, adapter: ModelAdapter, *, mode: str, prompt: str | None, batch_size: int = 64):
         if batch_size < 1:
             raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
+        refuse_self_conditioned(adapter)
         self.adapter = adapter
         self.prefix_dlm = mode == "prefix-cache"
         self.prompt = prompt

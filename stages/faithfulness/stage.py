@@ -238,6 +238,9 @@ def run_occlusion(store_path: str | Path, selection, out_dir: str | Path, *, ada
     from schemas.capture import CaptureStore
     from schemas.maps import write_mapset
 
+    from stages.faithfulness.model import refuse_self_conditioned
+
+    refuse_self_conditioned(adapter)
     t0 = time.perf_counter()
     store = CaptureStore.open(store_path)
     by_id = _dataset_index(dataset)
@@ -370,8 +373,11 @@ def run_faithfulness(store_path: str | Path, methods: Mapping[str, str | Path], 
 
     from schemas.capture import CaptureStore
 
+    from stages.faithfulness.model import refuse_self_conditioned
+
     if "occlusion" not in methods:
         raise DcamError("faithfulness: the occlusion maps are missing (run the occlusion stage first)")
+    refuse_self_conditioned(adapter)
     t0 = time.perf_counter()
     store = CaptureStore.open(store_path)
     by_id = _dataset_index(dataset)

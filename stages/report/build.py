@@ -950,7 +950,8 @@ def build_report(
             + _contents(shown, statuses) + "\n".join(sections) + note
             + f"\n<script>{_SORT_SCRIPT}</script>\n</body></html>\n"
         )
-        (tmp / "report.html").write_text(page, encoding="utf-8")
+        # a caption or word may hold a lone surrogate (undecodable bytes of a dataset file): shown as U+FFFD
+        (tmp / "report.html").write_text(page, encoding="utf-8", errors="replace")
         _write_report_manifest(tmp, run, presets, store, statuses, max_samples, methods, thumb_size, cmap, t0)
         if out.exists():
             shutil.rmtree(out)
