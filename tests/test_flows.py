@@ -323,7 +323,7 @@ def test_s3_root_cached_lazy_interrupted_upload_and_invalidation(harness, s3, tm
 
     # the plain pipeline (dcam demo's) decides the same way
     plain = run_pipeline_plain(cfg_b)
-    assert {s["status"] for entry in plain["presets"].values() for s in entry["stages"]} == {"cached"}
+    assert {s["status"] for entry in plain["presets"].values() for s in entry["stages"]} == {"cached"}, [(n, s["stage"], s["status"]) for n, entry in plain["presets"].items() for s in entry["stages"]]
 
     # one changed parameter (paper DACG smoothing width): DACG and what follows it recompute
     changed = {"presets": [], "chains": [{"name": "dc", "preset": "diffusion-cam", "params": {"dacg": {"sigma": 2.0}}}]}

@@ -158,6 +158,14 @@ def test_ablation_axis_spans_zero_to_one_whatever_the_values():
     assert fig.axes[0].get_ylim() == (0.0, 1.0)
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["Baseline", "Full"]
     assert ablation_figure([_Preset("gradcam", [], "", None, None, summary={"f3": 0.3})]) is None
+    # three rows, one without intervals: the error bars are (2, rows), lower and upper extent of each bar
+    rows = [_Preset(f"ablation-{k}", [], "", None, None, summary={"f3": 0.5, "obj_iou": 0.4},
+                    intervals={"f3": (0.4, 0.7), "obj_iou": (0.3, 0.45)} if k != "akd" else {})
+            for k in ("baseline", "akd", "full")]
+    ax = ablation_figure(rows).axes[0]
+    segments = [seg for coll in ax.collections for seg in coll.get_segments()]
+    spans = sorted(round(float(abs(seg[1][1] - seg[0][1])), 6) for seg in segments)
+    assert spans == sorted([0.3, 0.0, 0.3, 0.15, 0.0, 0.15])  # F3 0.4..0.7, Obj-IoU 0.3..0.45, none for +AKD
 
 
 def test_save_png_round_trips(tmp_path):

@@ -534,7 +534,7 @@ def ablation_figure(presets: list[_Preset]):
     for off, name, label, colour in ((-0.2, "f3", "F3", "#3b6fb6"), (0.2, "obj_iou", "Obj-IoU", "#e0883a")):
         vals = np.array([r[1].summary.get(name, np.nan) for r in rows])
         ci = np.array([r[1].intervals.get(name, (np.nan, np.nan)) for r in rows], dtype=np.float64)
-        err = np.where(np.isnan(ci), 0.0, np.abs(ci.T - vals))
+        err = np.where(np.isnan(ci.T), 0.0, np.abs(ci.T - vals))  # (2, rows): below and above each bar
         bars = ax.bar(x + off, vals, 0.4, yerr=err, capsize=2, label=label, color=colour, ecolor="#333")
         ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=2)
     ax.set_xticks(x, [r[0] for r in rows])
