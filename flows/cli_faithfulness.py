@@ -60,9 +60,18 @@ def faithfulness(
     config = FaithfulnessConfig(baseline=baseline, points=points, targets=targets, batch_size=batch_size,
                                 randomisation_samples=randomisation_samples, seed=seed, limit=limit)
     from flows.pipeline import faithfulness_stage
+    from flows.progress import progress_bar
+    from stages.faithfulness.run import selection_of
 
-    result = faithfulness_stage(explain_root, run, config=config, methods=names, device=device,
-                                tam_resize=run.get("tam_resize", "uint8"))
+    first = next((m for m in run.get("presets", {}) if m != "occlusion"), None)
+    if first is None:
+        raise DcamError(f"{run_file}: the run has no method to evaluate")
+    n = len(set(selection_of(run, first)[0]["sample_id"]))  # every chain of a run shares its selection
+    n = min(n, limit) if limit else n
+    with progress_bar("faithfulness", 2 * n) as advance:  # occlusion, then the curves: one tick per sample each
+        result = faithfulness_stage(explain_root, run, config=config, methods=names, device=device,
+                                    tam_resize=run.get("tam_resize", "uint8"),
+                                    progress=lambda stage, sid: advance(1, stage))
     if as_json:
         typer.echo(json.dumps({"root": str(explain_root), "faithfulness": run["faithfulness"],
                                "stages": run["faithfulness_stages"], **result["summary"]}, indent=2))

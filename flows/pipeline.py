@@ -367,6 +367,8 @@ def summary_table(run: dict[str, Any], root: ArtifactRoot | None = None):
         recs = load_summary(run)["methods"]
         faith = pd.DataFrame([faithfulness_row(r) for r in recs])
         table = table.merge(faith, on="method", how="outer") if len(table) else faith
+        order = {m: i for i, m in enumerate([*run["presets"], *(r["method"] for r in recs)])}
+        table = table.sort_values("method", key=lambda col: col.map(order), kind="stable").reset_index(drop=True)
     return table
 
 

@@ -124,7 +124,8 @@ def faithfulness_for_run(root, run: dict[str, Any], *, config: FaithfulnessConfi
                       kind="faithfulness", needs=[store, *maps.values()])
     stages.append(faith)
     run["presets"]["occlusion"] = {"stages": [s.to_dict() for s in stages[:-1]], "maps": occ.path,
-                                   "scores": occ_scores, "chain": ["occlusion"], "profile": None, "threshold": None}
+                                   "scores": occ_scores, "chain": ["occlusion"],
+                                   "profile": f"{config.baseline} baseline", "threshold": None}
     run["faithfulness"] = faith.path
     run["faithfulness_stages"] = [s.to_dict() for s in stages]
     return run
