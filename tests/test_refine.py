@@ -469,7 +469,7 @@ def test_cli_round_trip(tmp_path):
         ("unknown", "unknown module(s) blur"),
         ("shape", "shape (n, h, w) or (h, w)"),
         ("missing", "does not exist"),
-        ("unreadable", "cannot read --input"),
+        ("unreadable", "is not a readable .npy array"),
         ("same", "refusing to overwrite"),
         ("ids", "holds 2 lists but the input has 3 maps"),
         ("profile", "--profile must be one of"),
