@@ -33,6 +33,9 @@ def _print_table(run: dict, root=None) -> None:
         return
     cols = [c for c in ("method", "n_samples", "n_maps", "obj_iou", "contrast", "concentration", "f3",
                         "pointing_accuracy", "obj_iou_word", "pointing_accuracy_word", "f1_iou") if c in df.columns]
+    for c in ("n_samples", "n_maps"):  # counts stay integers beside the faithfulness-only rows
+        if c in df.columns:
+            df[c] = df[c].astype("Int64")
     if len(cols) > 1:
         typer.echo("plausibility per method (agreement with the ground-truth masks; dataset-level means, F3 from the means):")
         typer.echo(df[df[cols[1:]].notna().any(axis=1)][cols].to_string(index=False, float_format=lambda v: f"{v:.4f}",
