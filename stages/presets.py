@@ -126,7 +126,8 @@ def apply_preset(
 
     Parameters
     ----------
-    preset : str or Preset
+    preset : str, Preset or ChainSpec
+        A chain spec (:class:`stages.explain.runner.ChainSpec`, same fields) applies the same way.
     arrays : mapping of str to ndarray
         Stored arrays (``acts``, ``alpha``, ``alpha_pos``, ``gxa``, ``tam_logits``, ...),
         see :mod:`stages.gradcam.methods`.

@@ -525,7 +525,7 @@ def png_header(width: int, height: int) -> bytes:
 
 
 def test_case8_huge_image_rejected_before_decoding(tmp_path, monkeypatch):
-    from stages.capture.run import _decode_image
+    from stages.capture.run import decode_image
     from stages.ingest.loaders import load_coco
 
     inst, caps, img = write_coco(tmp_path, [BOX, BOX, BOX])
@@ -542,7 +542,7 @@ def test_case8_huge_image_rejected_before_decoding(tmp_path, monkeypatch):
     assert "image file unreadable: " in pils and "exceeds limit of" in pils  # PIL's own guard (2 x 89M pixels)
     monkeypatch.setenv("DCAM_MAX_IMAGE_PIXELS", "50")
     with pytest.raises(DcamError, match="is 10x8 = 80 pixels, more than the limit of 50"):
-        _decode_image((img / "1.jpg").read_bytes(), "1.jpg")
+        decode_image((img / "1.jpg").read_bytes(), "1.jpg")
 
 
 def test_case8_steps_beyond_the_limit_refused_before_any_work(adapter, dataset, tmp_path):

@@ -37,7 +37,7 @@ def _read_bytes(path: str) -> bytes:
         raise DcamError(f"unreadable image {path}: {e}") from None
 
 
-def _decode_image(data: bytes, path: str) -> np.ndarray:
+def decode_image(data: bytes, path: str) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -202,7 +202,7 @@ def _capture_locked(out: Path, samples, rejected, *, adapter, model_spec: str, c
                 if on_sample:
                     on_sample(s.sample_id, "skipped")
                 continue
-            image = _decode_image(raw, s.image_path)
+            image = decode_image(raw, s.image_path)
             cap = capture_sample(adapter, image, config, sample_id=s.sample_id, prompt=prompt)
             cap.attrs.update({"image_path": s.image_path, "source": getattr(s, "source", ""),
                               "reference_captions": list(s.captions), "input_digest": inputs})

@@ -29,7 +29,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from schemas.errors import DcamError
-from schemas.manifest import ARTIFACT_SCHEMA_VERSIONS, InputRef, SampleStatus, StageManifest, digest_files, write_manifest
+from schemas.manifest import (ARTIFACT_SCHEMA_VERSIONS, InputRef, SampleStatus, StageManifest, digest_files,
+                              read_manifest, write_manifest)
 from stages.faithfulness import checks, perturb
 
 OCCLUSION_VERSION = "1.0"
@@ -106,13 +107,14 @@ def _seed(*parts: Any) -> int:
 
 
 def _read_image(path: str) -> np.ndarray:
-    from PIL import Image
+    """The sample's image, read as capture reads it (same pixel limit, one-line errors)."""
+    from stages.capture.run import decode_image
 
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+        data = Path(path).read_bytes()
     except OSError as e:
-        raise DcamError(f"image {path}: {e}") from None
+        raise DcamError(f"image {path}: {e.strerror or e}") from None
+    return decode_image(data, path)
 
 
 def _targets(sample) -> dict[int, Any]:
@@ -124,7 +126,8 @@ def _targets(sample) -> dict[int, Any]:
 
 def evaluated_targets(sample, dataset_sample, targets: str) -> set[int]:
     """Indices of the word targets the stages evaluate (see :class:`FaithfulnessConfig`)."""
-    words = {i for i, t in _targets(sample).items() if t.kind == "word"}
+    all_targets = _targets(sample)
+    words = {i for i, t in all_targets.items() if t.kind == "word"}
     if targets == "words":
         return words
     if dataset_sample is None:
@@ -137,7 +140,7 @@ def evaluated_targets(sample, dataset_sample, targets: str) -> set[int]:
     phrases = dataset_sample.source in ("grandf", "tam-anno")
     out = set()
     for i in words:
-        kind, label = classify_word(_targets(sample)[i].text, dataset_sample.categories, phrases=phrases)
+        kind, label = classify_word(all_targets[i].text, dataset_sample.categories, phrases=phrases)
         if kind == "object" and label in present:
             out.add(i)
     return out
@@ -158,8 +161,8 @@ def _state_step(row: Mapping[str, Any], target) -> int:
 
 
 def _sample_ids(store, selection, limit: int | None) -> list[str]:
-    ids = sorted(set(selection["sample_id"]))
-    ok = [sid for sid in ids if sid in set(store.sample_ids()) and store.sample(sid).ok]
+    stored = set(store.sample_ids())
+    ok = [sid for sid in sorted(set(selection["sample_id"])) if sid in stored and store.sample(sid).ok]
     return ok[:limit] if limit else ok
 
 
@@ -284,25 +287,10 @@ def run_occlusion(store_path: str | Path, selection, out_dir: str | Path, *, ada
 
 
 # --------------------------------------------------------------------------------------------- chains
-def apply_chain_spec(spec, arrays: Mapping[str, np.ndarray], grid: tuple[int, int], contexts) -> np.ndarray:
-    """A chain's final maps (T, h, w) from one attribution row's arrays, in memory (``spec``: a
-    :class:`~stages.explain.runner.ChainSpec`); the same steps the explain stages apply one artifact at a time."""
-    from stages.gradcam.methods import get_base_method
-    from stages.refine.chain import apply_chain
-
-    maps = get_base_method(spec.base)(arrays, grid, **spec.base_options)
-    if spec.modules:
-        maps = apply_chain(maps, spec.modules, profile=spec.profile, params=spec.params, contexts=contexts)
-    if spec.threshold is not None:
-        maps = np.where(maps < spec.threshold, np.float32(0), maps)
-    return np.asarray(maps, dtype=np.float32)
-
-
 def chain_from_stages(name: str, stages: Sequence[Mapping[str, Any]]):
     """Rebuild a method's :class:`~stages.explain.runner.ChainSpec` from its stage results (``run.json``:
     ``presets.<name>.stages``) by reading each stage's manifest; None when the chain has no Grad-CAM stage
     (e.g. ``occlusion``)."""
-    from schemas.manifest import read_manifest
     from stages.explain.runner import ChainSpec
 
     first = [s for s in stages if s.get("shard", 0) == 0 and s["stage"] not in ("select", "score")
@@ -469,8 +457,6 @@ def run_faithfulness(store_path: str | Path, methods: Mapping[str, str | Path], 
     inputs = {"capture": InputRef(path=str(Path(store_path).resolve()), kind="capture",
                                   content_digest=cap.content_digest if cap else store.content_digest())}
     for m, p in methods.items():
-        from schemas.manifest import read_manifest
-
         inputs[f"maps:{m}"] = InputRef(path=str(Path(p).resolve()), kind="maps", content_digest=read_manifest(p).content_digest)
     manifest = StageManifest(
         kind=KIND, schema_version=SCHEMA_VERSION, stage="faithfulness", stage_version=FAITHFULNESS_VERSION,
@@ -513,6 +499,7 @@ def randomisation_check(store, sample_ids: Sequence[str], selection, chains: Map
     import torch
 
     from stages.faithfulness.model import attribution_arrays, cascade_modules, reinitialise
+    from stages.presets import apply_preset
     from stages.refine import MapContext
 
     cols = ["sample_id", "target", "layer", "method", "level_index", "level", "spearman"]
@@ -546,11 +533,11 @@ def randomisation_check(store, sample_ids: Sequence[str], selection, chains: Map
             contexts = [MapContext(generated_ids=ctx["generated_ids"], words=ctx["words"], num_steps=ctx["num_steps"],
                                    seed=ctx["seed"]) for _ in ts]
             for name, chain in chains.items():
-                for t, m in zip(ts, apply_chain_spec(chain, arrays, grid, contexts)):
+                for t, m in zip(ts, apply_preset(chain, arrays, grid, contexts=contexts)):
                     out[(sid, t.index, layer, name)] = m
         return out
 
-    params = [p for _, mods in levels[-1:] for mod in mods for p in mod.parameters()]
+    params = [p for mod in levels[-1][1] for p in mod.parameters()]  # the last level holds every module
     backup = [p.detach().to("cpu", copy=True) for p in params]
     rows_out = []
     try:
