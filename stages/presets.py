@@ -1,7 +1,7 @@
 """Named explain presets: a base method, a post-processing chain and a threshold, as data.
 
 A preset says how a map is made from the stored capture arrays:
-``base`` (a :data:`stages.gradcam.BASE_METHODS` name) with ``base_options``, then the
+``base`` (a :data:`stages.basemaps.BASE_METHODS` name) with ``base_options``, then the
 :mod:`stages.refine` modules in order under one ``profile`` with per-module ``params``,
 then an optional ``threshold`` (values below it set to 0). :func:`apply_preset` runs one.
 
@@ -23,7 +23,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from stages.gradcam.methods import get_base_method
+from stages.basemaps.methods import get_base_method
 from stages.refine import MapContext, check_profile
 from stages.refine.chain import apply_chain, get_module
 
@@ -130,7 +130,7 @@ def apply_preset(
         A chain spec (:class:`stages.explain.runner.ChainSpec`, same fields) applies the same way.
     arrays : mapping of str to ndarray
         Stored arrays (``acts``, ``alpha``, ``alpha_pos``, ``gxa``, ``tam_logits``, ...),
-        see :mod:`stages.gradcam.methods`.
+        see :mod:`stages.basemaps.methods`.
     grid : tuple of int (h, w)
     contexts : MapContext, sequence of T MapContext, or None
         One per target map, or one shared.

@@ -9,7 +9,7 @@ import types
 import numpy as np
 import pytest
 
-from stages.gradcam import (
+from stages.basemaps import (
     BASE_METHODS,
     diffusion_cam_base,
     get_base_method,

@@ -423,7 +423,7 @@ def test_presets():
     arrays = {"acts": rng.normal(size=(30, 8)), "alpha_pos": np.abs(rng.normal(size=(2, 8))), "tam_logits": rng.normal(size=(2, 30))}
     base = get_preset("ablation-baseline")
     out = apply_preset(base, arrays, (5, 6))
-    from stages.gradcam import diffusion_cam_base
+    from stages.basemaps import diffusion_cam_base
 
     raw = diffusion_cam_base(arrays["acts"], arrays["alpha_pos"], (5, 6), normalize=True)
     np.testing.assert_array_equal(out, np.where(raw < 0.4, 0, raw))

@@ -37,7 +37,7 @@ def sample_base_maps(sample, selection_rows, *, method: str, options: dict[str, 
     Returns a list of (index row, map (h, w)), one per (target, layer), the maps of a
     target's selected steps averaged with their selection weights.
     """
-    from stages.gradcam.methods import get_base_method
+    from stages.basemaps.methods import get_base_method
 
     base = get_base_method(method)
     options = dict(options or {})
@@ -105,7 +105,7 @@ def run_basemap(store_path: str | Path, selection_dir: str | Path, out_dir: str 
             statuses.append(SampleStatus(sample_id=s.sample_id, status="failed", reason=str(e)))
     cap_manifest = store.manifest()
     manifest = StageManifest(
-        kind="maps", schema_version="", stage="gradcam", stage_version=STAGE_VERSION,
+        kind="maps", schema_version="", stage="base", stage_version=STAGE_VERSION,
         config={"method": method, "options": dict(options or {})},
         inputs={
             "capture": InputRef(path=str(Path(store_path).resolve()), kind="capture",

@@ -148,7 +148,7 @@ def explain_chain(
                     kind="selection", needs=[store])
     results.append(sel)
     base_cfg = {"method": spec.base, "options": spec.base_options}
-    prev = run_stage(root, "gradcam", BASE_V, base_cfg, {"capture": cap, "selection": sel.content_digest},
+    prev = run_stage(root, "base", BASE_V, base_cfg, {"capture": cap, "selection": sel.content_digest},
                      lambda out: run_basemap(store, sel.path, out, method=spec.base, options=spec.base_options),
                      kind="maps", needs=[store, sel.path])
     results.append(prev)

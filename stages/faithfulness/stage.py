@@ -298,7 +298,7 @@ def chain_from_stages(name: str, stages: Sequence[Mapping[str, Any]]):
     base, modules, profile, params, threshold = None, [], "reference", {}, None
     for s in first:
         cfg = read_manifest(s["path"]).config
-        if s["stage"] == "gradcam":
+        if s["stage"] == "base":
             base = (cfg["method"], dict(cfg.get("options") or {}))
         elif s["stage"] == "threshold":
             threshold = float(cfg["threshold"])

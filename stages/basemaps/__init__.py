@@ -1,6 +1,6 @@
 """Grad-CAM family base maps at token-grid resolution (pure functions over stored arrays)."""
 
-from stages.gradcam.methods import (
+from stages.basemaps.methods import (
     BASE_METHODS,
     BaseMethod,
     diffusion_cam_base,
