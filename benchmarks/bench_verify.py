@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def timed_digests(spent: list[float]):
     """Add the seconds spent in the digest checks of the readers to ``spent``."""
     import schemas.capture
-    import stages.explain.runner
+    import stages.catalog
 
     def timer(fn):
         def wrapped(*a, **k):
@@ -51,7 +51,7 @@ def timed_digests(spent: list[float]):
     with mock.patch.object(schemas.capture, "array_digest", timer(schemas.capture.array_digest)), \
             mock.patch.object(schemas.capture, "sample_digest", timer(schemas.capture.sample_digest)), \
             mock.patch.object(schemas.capture, "store_digest", timer(schemas.capture.store_digest)), \
-            mock.patch.object(stages.explain.runner, "verified_manifest", timer(stages.explain.runner.verified_manifest)):
+            mock.patch.object(stages.catalog, "verified_manifest", timer(stages.catalog.verified_manifest)):
         yield
 
 
@@ -72,7 +72,7 @@ def unverified():
         return np.asarray(self.group[f"L{layer}/{name}" if layer is not None else name][...])
 
     with mock.patch.object(CaptureStore, "sample", sample), mock.patch.object(CaptureSample, "array", array), \
-            mock.patch("stages.explain.runner.verified_manifest", lambda path, kind=None: read_manifest(path)):
+            mock.patch("stages.catalog.verified_manifest", lambda path, kind=None: read_manifest(path)):
         schemas.verify._VERIFIED.clear()
         yield
 
@@ -82,7 +82,8 @@ def main() -> None:
 
     import schemas.verify
     from schemas.capture import verify_store
-    from stages.explain.runner import chain_from_preset, explain_chain
+    from stages.graph import explain_shard
+    from stages.presets import get_preset
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--samples", type=int, default=200)
@@ -93,7 +94,7 @@ def main() -> None:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-verify-"))
     work.mkdir(parents=True, exist_ok=True)
     data, store = build_inputs(work, args.samples)
-    spec = chain_from_preset(args.preset)
+    spec = get_preset(args.preset)
 
     def run(tag: str, fresh: bool = True) -> float:
         root = work / f"root-{tag}"
@@ -101,7 +102,7 @@ def main() -> None:
             shutil.rmtree(root, ignore_errors=True)
         schemas.verify._VERIFIED.clear()
         t = time.process_time()
-        explain_chain(store, root, spec, dataset=data)
+        explain_shard(root, store, [spec], dataset=data)
         return time.process_time() - t
 
     run("warm-up")

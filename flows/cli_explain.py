@@ -23,21 +23,26 @@ def explain(
     tam_resize: str = typer.Option("uint8", "--tam-resize", help="How TAM's protocol resizes a map before its Otsu threshold: uint8 (TAM's eval.py, OpenCV fixed point) or float."),
     faithfulness: bool = typer.Option(False, "--faithfulness", help="Then run the faithfulness stage with its defaults (needs the model: see 'dcam faithfulness', which takes its options)."),
     device: str = typer.Option("cpu", "--device", help="With --faithfulness: where the model runs (cpu, cuda or cuda:N)."),
+    only: str = typer.Option(None, "--only", help="Recompute this stage alone in every chain (select, base, refine, threshold, score or a module name such as cba); the stages before it must exist. See 'dcam graph'."),
+    start: str = typer.Option(None, "--from", help="Recompute this stage and every stage after it in every chain, even when cached; the stages before it must exist."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: per preset and stage, computed or cached, and the output path (with --faithfulness, its per-method records under 'faithfulness')."),
 ) -> None:
     """Write the selection, base-map and per-module artifacts of each preset.
 
     Stages are content-addressed: rerunning with the same inputs recomputes nothing ('cached'); changing one
-    module's parameters recomputes that module and the stages after it.
+    module's parameters recomputes that module and the stages after it. The stages are the nodes of one graph
+    ('dcam graph'), the same that 'dcam run' and 'dcam demo' walk.
     """
+    from flows.options import check_slice_options
     from schemas.capture import CaptureStore
-    from stages.explain.runner import chain_from_preset
+    from stages.chain import as_chain
     from stages.explain.select import POLICIES
     from stages.presets import PRESETS
 
     # Everything the command line decides is checked before any output directory is made.
     check_choice(policy, POLICIES, "--policy")
     check_choice(tam_resize, ("uint8", "float"), "--tam-resize")
+    check_slice_options(only, start)
     if faithfulness:
         check_device(device)
     steps = parse_int_list(step_indices, "--step-indices")
@@ -50,7 +55,7 @@ def explain(
     require(bool(names), "--preset", "expected at least one preset name")
     names = list(PRESETS) if names == ["all"] else names
     try:
-        specs = [chain_from_preset(n) for n in names]
+        specs = [as_chain(n) for n in names]
     except DcamError as e:
         raise UsageError(f"--preset: {e}") from None
     require(store.exists(), "STORE", f"{store} does not exist")
@@ -62,12 +67,11 @@ def explain(
         raise UsageError(f"--data: dataset {dataset} does not exist (pass --data)")
     require(not faithfulness or dataset is not None, "--faithfulness", "needs the masks' dataset: add --score (or --data)")
     from flows.progress import progress_bar
-    from stages.explain.runner import explain_run
+    from stages.graph import run_explain
 
     with progress_bar("explain", len(specs)) as advance:
-        run = explain_run(store, root, specs, policy=policy, layers=layer_list, steps=steps, dataset=dataset,
-                          tam_resize=tam_resize,
-                          on_preset=lambda n: advance(1, n))
+        run = run_explain(root, store, specs, policy=policy, layers=layer_list, steps=steps, dataset=dataset,
+                          tam_resize=tam_resize, only=only, start=start, on_chain=lambda n: advance(1, n))
     summary = None
     if faithfulness:
         from flows.pipeline import faithfulness_stage
@@ -95,10 +99,31 @@ def presets() -> None:
     from stages.presets import PRESETS
 
     for p in PRESETS.values():
-        chain = " -> ".join([p.base, *p.modules]) if p.modules else p.base
+        chain = " -> ".join(p.steps) + (f" -> threshold {p.threshold:g}" if p.threshold is not None else "")
         typer.echo(f"{p.name:<26} [{p.profile}] {chain}")
+
+
+def graph(as_json: bool = typer.Option(False, "--json", help="Print the nodes as JSON.")) -> None:
+    """List the stage graph's nodes: name, inputs, output, version, where it runs (GPU needs the model).
+
+    Every command walks these nodes; each output lives at ROOT/<stage>/<key>, the key digesting the node's
+    version, its config and its inputs' content. '--only STAGE' / '--from STAGE' of 'dcam explain' and
+    'dcam run' take the explain nodes' names (select, base, refine, threshold, score) or a module's name.
+    """
+    from stages.graph import NODES
+
+    rows = [{"node": n.name, "inputs": list(n.inputs), "output": n.output, "version": n.version, "runs_on": n.where,
+             "summary": n.summary} for n in NODES.values()]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    typer.echo(f"{'node':<13} {'inputs':<28} {'output':<13} {'version':<8} {'runs on':<8} what")
+    for r in rows:
+        typer.echo(f"{r['node']:<13} {', '.join(r['inputs']) or '-':<28} {r['output']:<13} {r['version']:<8} "
+                   f"{r['runs_on']:<8} {r['summary']}")
 
 
 def register(app: typer.Typer) -> None:
     app.command("explain")(explain)
     app.command("presets")(presets)
+    app.command("graph")(graph)

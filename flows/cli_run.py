@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from flows.options import check_at_least, check_choice, require
+from flows.options import check_at_least, check_choice, check_slice_options, require
 from schemas.errors import DcamError
 
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
@@ -77,6 +77,8 @@ def run(
     store: Path = typer.Option(None, "--store", help="explain flow: an existing capture store (default: the config's)."),
     runner: str = typer.Option(None, "--runner", help="Task runner: thread, sequential or dask (overrides the config)."),
     dask_address: str = typer.Option(None, "--dask-address", help="tcp://HOST:PORT of an existing Dask scheduler."),
+    only: str = typer.Option(None, "--only", help="Recompute this explain stage alone in every chain (select, base, refine, threshold, score or a module name such as cba); the stages before it must exist. See 'dcam graph'."),
+    start: str = typer.Option(None, "--from", help="Recompute this explain stage and every stage after it in every chain, even when cached; the stages before it must exist."),
     as_json: bool = typer.Option(False, "--json", help="Print per stage whether it was computed or cached and where its output is."),
 ) -> None:
     """Run a Prefect flow from a run configuration; stage outputs are cached by content.
@@ -89,6 +91,9 @@ def run(
     from flows.config import load_config
 
     check_choice(flow, FLOW_NAMES, "--flow")
+    check_slice_options(only, start)
+    require(flow != "capture" or (only is None and start is None), "--only/--from", "apply to the explain stages; "
+            "the capture flow has none")
     cfg = load_config(config)
     if runner:
         check_choice(runner, ("thread", "sequential", "dask"), "--runner")
@@ -105,6 +110,8 @@ def run(
     kwargs = {"config": cfg.model_dump()}
     if flow == "explain" and store is not None:
         kwargs["store"] = str(store)
+    if flow != "capture":
+        kwargs.update(only=only, start=start)
     log = root.local / ".logs" / f"run-{flow}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
     try:
         with logs_to_file(log), temporary_server(log):

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.errors import DcamError
 from schemas.limits import check_yaml
+from stages.chain import Chain
 
 
 class SynthSpec(BaseModel):
@@ -61,27 +62,14 @@ class CaptureSpec(BaseModel):
     device: str = "cpu"
 
 
-class ChainOverride(BaseModel):
-    """A custom chain (or a preset with changed parameters / module order)."""
-
-    model_config = ConfigDict(extra="forbid")
-    name: str
-    preset: str | None = Field(None, description="start from this preset")
-    base: str | None = None
-    base_options: dict[str, Any] | None = None
-    modules: list[str] | None = Field(None, description="post-processing modules in order; [] removes all")
-    profile: Literal["reference", "paper"] | None = None
-    params: dict[str, dict[str, Any]] | None = None
-    threshold: float | None = None
-
-
 class ExplainSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     policy: Literal["unmask-step", "first-feasible", "last-feasible", "all-feasible-mean", "explicit"] = "unmask-step"
     steps: list[int] | None = None
     layers: list[int] | None = None
     presets: list[str] = Field(default_factory=lambda: ["diffusion-cam", "gradcam", "llava-cam"])
-    chains: list[ChainOverride] = Field(default_factory=list)
+    chains: list[Chain] = Field(default_factory=list, description="custom chains; an entry may start from a "
+                                "preset ('preset: tam') and change its fields; params are merged per module")
 
 
 class SweepSpec(BaseModel):
@@ -223,25 +211,17 @@ def load_config(path: str | Path) -> RunConfig:
 
 
 def check_chains(cfg: RunConfig, where: str) -> None:
-    """Refuse unknown presets, base methods and modules now, not after the capture ran.
+    """Refuse unknown presets and repeated chain names now, not after the capture ran (custom chains are
+    validated as they are parsed: :class:`stages.chain.Chain`).
 
     Raises
     ------
     DcamError
-        Naming the chain and the unknown name (and the known ones).
+        Naming the unknown or repeated name (and the known ones).
     """
     from flows.pipeline import resolve_chains
-    from stages.basemaps.methods import get_base_method
-    from stages.refine.chain import get_module
 
     try:
-        chains = resolve_chains(cfg)
+        resolve_chains(cfg)
     except DcamError as e:
         raise DcamError(f"{where}: explain: {e}") from None
-    for chain in chains:
-        try:
-            get_base_method(chain.base)
-            for module in chain.modules:
-                get_module(module)
-        except ValueError as e:
-            raise DcamError(f"{where}: chain {chain.name!r}: {e}") from None

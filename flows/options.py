@@ -76,3 +76,13 @@ def check_device(device: str, option: str = "--device") -> None:
         import torch
 
         require(torch.cuda.is_available(), option, f"{device}: CUDA is not available on this machine")
+
+
+def check_slice_options(only: str | None, start: str | None) -> None:
+    """``--only`` / ``--from``: a known explain stage, not both (:func:`stages.graph.check_slice`); exit 2."""
+    from stages.graph import check_slice
+
+    try:
+        check_slice(only, start)
+    except DcamError as e:
+        raise UsageError(str(e)) from None

@@ -8,20 +8,18 @@ dicts (paths, digests, computed/cached), never arrays.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
 import os
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from flows.config import ChainOverride, RunConfig
+from flows.config import RunConfig
 from schemas.errors import DcamError
 from schemas.lock import exclusive, store_lock_path
 from schemas.storage import ArtifactRoot
-from stages.explain.addressing import artifact_dir, artifact_key, dataset_digest, is_done
-from stages.explain.runner import ChainSpec, chain_from_preset, run_stage
+from stages.catalog import artifact_dir, artifact_key, dataset_digest, is_done, materialize
+from stages.chain import Chain
 
 CAPTURE_STAGE_VERSION = "1.1"  # 1.1: gnorm (gradient norm per token) recorded
 
@@ -33,10 +31,11 @@ def artifact_root(cfg: RunConfig) -> ArtifactRoot:
 
 
 # ------------------------------------------------------------------------------------------- chains
-def resolve_chains(cfg: RunConfig) -> list[ChainSpec]:
-    """Presets, custom chains and the sweep grid of a config, as chain specs (unique names)."""
-    chains = [chain_from_preset(n) for n in cfg.explain.presets]
-    chains += [override_chain(o) for o in cfg.explain.chains]
+def resolve_chains(cfg: RunConfig) -> list[Chain]:
+    """Presets, custom chains and the sweep grid of a config, as chains (unique names)."""
+    from stages.chain import as_chain, sweep_chains
+
+    chains = [as_chain(n) for n in cfg.explain.presets] + list(cfg.explain.chains)
     if cfg.sweep is not None:
         chains += sweep_chains(cfg.sweep.base, cfg.sweep.grid)
     names = [c.name for c in chains]
@@ -44,47 +43,6 @@ def resolve_chains(cfg: RunConfig) -> list[ChainSpec]:
     if dup:
         raise DcamError(f"explain: chain names must be unique; repeated: {dup}")
     return chains
-
-
-def override_chain(o: ChainOverride) -> ChainSpec:
-    if o.preset is None and (o.base is None or o.modules is None):
-        raise DcamError(f"chain {o.name!r}: give 'preset' to start from, or both 'base' and 'modules'")
-    spec = chain_from_preset(o.preset) if o.preset else ChainSpec(o.name, o.base, {}, (), "paper", {})
-    params = {k: dict(v) for k, v in spec.params.items()}
-    for module, p in (o.params or {}).items():
-        params.setdefault(module, {}).update(p)
-    spec = replace(
-        spec, name=o.name, base=o.base or spec.base,
-        base_options=dict(o.base_options) if o.base_options is not None else spec.base_options,
-        modules=tuple(o.modules) if o.modules is not None else spec.modules,
-        profile=o.profile or spec.profile, threshold=o.threshold if o.threshold is not None else spec.threshold,
-    )
-    stray = sorted(set(params) - set(spec.modules))
-    params = {k: v for k, v in params.items() if k in spec.modules}
-    if stray and o.params and set(stray) & set(o.params):
-        raise DcamError(f"chain {o.name!r}: parameters given for modules it does not run: {stray}")
-    return replace(spec, params=params)
-
-
-def sweep_chains(base: str, grid: dict[str, list[Any]]) -> list[ChainSpec]:
-    """One chain per combination of ``grid`` ('module.param' -> values) over preset ``base``."""
-    spec = chain_from_preset(base)
-    keys = sorted(grid)
-    for k in keys:
-        if "." not in k:
-            raise DcamError(f"sweep grid key {k!r} must be 'module.param'")
-    out = []
-    for values in itertools.product(*(grid[k] for k in keys)):
-        params = {m: dict(p) for m, p in spec.params.items()}
-        label = []
-        for k, v in zip(keys, values):
-            module, param = k.split(".", 1)
-            if module not in spec.modules:
-                raise DcamError(f"sweep: {base} does not run module {module!r}")
-            params.setdefault(module, {})[param] = v
-            label.append(f"{k}={v}")
-        out.append(replace(spec, name=f"{base}[{','.join(label)}]", params=params))
-    return out
 
 
 # ------------------------------------------------------------------------------------------- dataset
@@ -101,7 +59,7 @@ def prepare_dataset(cfg: RunConfig) -> dict[str, Any]:
 
     s = cfg.dataset.synth
     conf = s.model_dump()
-    res = run_stage(root, "dataset", "1.0", conf, {},
+    res = materialize(root, "dataset", "1.0", conf, {},
                     lambda out: write_dataset(out, count=s.count, seed=s.seed, size=s.size), kind="dataset")
     root.fetch(res.path)  # every later stage reads it
     return {"path": res.path, "status": res.status}
@@ -212,66 +170,25 @@ def finalize_capture(cfg: RunConfig, dataset: str) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------- explain
-def explain_shard(cfg: RunConfig, store: str, dataset: str | None, chains: list[ChainSpec],
-                  shard: list[str] | None) -> dict[str, list[dict]]:
-    """All chains over one shard: per chain, the stage results (computed or cached)."""
-    from stages.explain.runner import explain_chain
+def explain_shard(cfg: RunConfig, store: str, dataset: str | None, chains: list[Chain],
+                  shard: list[str] | None, *, only: str | None = None, start: str | None = None
+                  ) -> dict[str, list[dict]]:
+    """All chains over one shard (:func:`stages.graph.explain_shard` with the config's explain settings)."""
+    from stages.graph import explain_shard as walk
 
-    out = {}
-    for spec in chains:
-        res = explain_chain(store, artifact_root(cfg), spec, policy=cfg.explain.policy, layers=cfg.explain.layers,
-                            steps=cfg.explain.steps, dataset=dataset if cfg.score else None, sample_ids=shard,
-                            tam_resize=cfg.tam_resize)
-        out[spec.name] = [r.to_dict() for r in res]
-    return out
+    return walk(artifact_root(cfg), store, chains, policy=cfg.explain.policy, layers=cfg.explain.layers,
+                steps=cfg.explain.steps, dataset=dataset if cfg.score else None, sample_ids=shard,
+                tam_resize=cfg.tam_resize, only=only, start=start)
 
 
-def merge_chain(cfg: RunConfig, name: str, shard_results: list[list[dict]]) -> dict[str, Any]:
-    """One maps and one scores artifact per chain over all shards (the shard's own when there is one)."""
-    from stages.explain.merge import merge_maps, merge_scores
-
-    maps = [[r for r in res if r["stage"] != "score"][-1] for res in shard_results]
-    scores = [r for res in shard_results for r in res if r["stage"] == "score"]
-    if len(shard_results) == 1:
-        return {"maps": maps[0]["path"], "scores": scores[0]["path"] if scores else None, "merged": []}
-    root = artifact_root(cfg)
-    merged = []
-    m = run_stage(root, "merge-maps", "1.0", {}, {f"s{i}": r["content_digest"] for i, r in enumerate(maps)},
-                  lambda o: merge_maps([r["path"] for r in maps], o), kind="maps", needs=[r["path"] for r in maps])
-    merged.append(m.to_dict())
-    s = None
-    if scores:
-        s = run_stage(root, "merge-scores", "1.0", {}, {f"s{i}": r["content_digest"] for i, r in enumerate(scores)},
-                      lambda o: merge_scores([r["path"] for r in scores], o), kind="scores",
-                      needs=[r["path"] for r in scores])
-        merged.append(s.to_dict())
-    return {"maps": m.path, "scores": s.path if s else None, "merged": merged}
-
-
-def write_run(cfg: RunConfig, store: str, dataset: str | None, chains: list[ChainSpec],
+def write_run(cfg: RunConfig, store: str, dataset: str | None, chains: list[Chain],
               shard_results: list[dict[str, list[dict]]]) -> dict[str, Any]:
-    """Merge shards and write ``ROOT/run.json`` (what ``dcam report ROOT`` reads).
+    """Merge shards and write ``ROOT/run.json`` (:func:`stages.graph.finish_run`, what ``dcam explain`` runs)."""
+    from stages.graph import finish_run
 
-    At a URL root the mirror's ``run.json`` names mirror paths and the root's names URLs.
-    """
-    import json
-
-    from schemas.storage import write_text_atomic
-
-    run: dict[str, Any] = {"name": cfg.name, "store": str(Path(store).resolve()),
-                           "dataset": str(Path(dataset).resolve()) if dataset else None, "policy": cfg.explain.policy,
-                           "layers": cfg.explain.layers, "tam_resize": cfg.tam_resize, "presets": {}}
-    for spec in chains:
-        per_shard = [sr[spec.name] for sr in shard_results]
-        merged = merge_chain(cfg, spec.name, per_shard)
-        stages = [{**r, "shard": i} for i, res in enumerate(per_shard) for r in res] + merged["merged"]
-        run["presets"][spec.name] = {"stages": stages, "maps": merged["maps"], "scores": merged["scores"],
-                                     "chain": [spec.base, *spec.modules], "profile": spec.profile,
-                                     "threshold": spec.threshold}
-    root = artifact_root(cfg)
-    write_text_atomic(root.local / "run.json", json.dumps(run, indent=2))
-    root.put_text("run.json", json.dumps({**root.urls(run), "root": root.url}, indent=2))
-    return run
+    return finish_run(artifact_root(cfg), store, chains, shard_results, dataset=dataset,
+                      policy=cfg.explain.policy, layers=cfg.explain.layers, steps=cfg.explain.steps,
+                      tam_resize=cfg.tam_resize, name=cfg.name)
 
 
 def faithfulness_stage(root, run: dict[str, Any], *, config, methods=None, device: str = "cpu",
@@ -281,11 +198,11 @@ def faithfulness_stage(root, run: dict[str, Any], *, config, methods=None, devic
     Loads the captured model (under the device lock) only when a stage is not cached; updates ``run.json``
     and ``ROOT/summary.csv`` (plausibility and faithfulness per method). Returns ``{"summary": summary.json}``.
     """
-    import json
-
     from schemas.capture import CaptureStore
-    from schemas.storage import as_root, write_text_atomic
+    from schemas.run import RunRecord
+    from schemas.storage import as_root
     from stages.capture.run import model_digest
+    from stages.catalog import write_run_record
     from stages.faithfulness.run import faithfulness_for_run, load_summary
 
     ar = as_root(root)
@@ -301,9 +218,7 @@ def faithfulness_stage(root, run: dict[str, Any], *, config, methods=None, devic
     with lock:
         faithfulness_for_run(ar, run, config=config, methods=methods, load_adapter=load, model_key=model_digest(spec),
                              tam_resize=tam_resize, progress=progress)
-    write_text_atomic(ar.local / "run.json", json.dumps(run, indent=2))
-    if ar.remote:
-        ar.put_text("run.json", json.dumps({**ar.urls(run), "root": ar.url}, indent=2))
+    write_run_record(ar, RunRecord.parse(run))
     write_summary_csv(run, ar)
     return {"summary": load_summary(run)}
 

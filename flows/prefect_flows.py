@@ -3,7 +3,7 @@
 Tasks are coarse: one per stage group per shard of samples, never one per sample.
 They pass paths and small dicts, never arrays. Two layers of caching:
 
-* every stage output is content-addressed on disk (``stages.explain.addressing``): the
+* every stage output is content-addressed on disk (:mod:`stages.catalog`): the
   path digests the stage, its config and its inputs' content, so a stage whose output
   exists is reported ``cached`` and not recomputed;
 * the per-shard explain task has a Prefect cache key over the same ingredients (the
@@ -30,8 +30,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows import pipeline as P
 from flows.config import RunConfig
-from stages.explain.addressing import dataset_digest
-from stages.explain.runner import capture_digest
+from stages.catalog import capture_digest, dataset_digest
 from schemas.manifest import code_version, digest_json
 
 
@@ -59,7 +58,7 @@ def finalize_capture_task(config: dict[str, Any], dataset: str) -> dict[str, Any
 
 def _explain_key(context, parameters) -> str:
     cfg = _cfg(parameters["config"])
-    chains = [c.__dict__ for c in P.resolve_chains(cfg)]
+    chains = [c.key() for c in P.resolve_chains(cfg)]
     store = parameters["store"]
     cap = capture_digest(store, P.artifact_root(cfg))
     ds = dataset_digest(parameters["dataset"]) if parameters.get("dataset") else None
@@ -71,9 +70,10 @@ def _explain_key(context, parameters) -> str:
 
 
 @task(name="explain-shard", cache_key_fn=_explain_key, persist_result=True, result_serializer="json")
-def explain_shard_task(config: dict[str, Any], store: str, dataset: str | None, shard: list[str]) -> dict[str, Any]:
+def explain_shard_task(config: dict[str, Any], store: str, dataset: str | None, shard: list[str],
+                       only: str | None = None, start: str | None = None) -> dict[str, Any]:
     cfg = _cfg(config)
-    return P.explain_shard(cfg, store, dataset, P.resolve_chains(cfg), shard)
+    return P.explain_shard(cfg, store, dataset, P.resolve_chains(cfg), shard, only=only, start=start)
 
 
 @task(name="write-run", cache_policy=NO_CACHE)
@@ -116,10 +116,13 @@ def _artifacts_exist(cfg: RunConfig, result: dict[str, list[dict]]) -> bool:
     return all(root.done_manifest(r["path"]) is not None for stages in result.values() for r in stages)
 
 
-def _explain_shards(cfg: RunConfig, store: str, dataset: str | None, ids: list[str]) -> list[dict]:
+def _explain_shards(cfg: RunConfig, store: str, dataset: str | None, ids: list[str], *, only: str | None = None,
+                    start: str | None = None) -> list[dict]:
     config = cfg.model_dump()
     parts = P.shards(ids, cfg.shard_size)
-    futures = [explain_shard_task.submit(config, store, dataset, shard) for shard in parts]
+    sliced = only is not None or start is not None  # --only / --from recompute: never a cached task result
+    task = explain_shard_task.with_options(refresh_cache=True) if sliced else explain_shard_task
+    futures = [task.submit(config, store, dataset, shard, only, start) for shard in parts]
     results = []
     for shard, fut in zip(parts, futures):
         fut.wait()
@@ -191,9 +194,10 @@ def capture_flow(config: dict[str, Any]) -> dict[str, Any]:
     return {"stages": [cap], "store": cap["path"], "dataset": dataset}
 
 
-def _explain(cfg: RunConfig, store: str, dataset: str, ids: list[str], stages: list[dict]) -> dict[str, Any]:
+def _explain(cfg: RunConfig, store: str, dataset: str, ids: list[str], stages: list[dict], *,
+             only: str | None = None, start: str | None = None) -> dict[str, Any]:
     config = cfg.model_dump()
-    results = _explain_shards(cfg, store, dataset if cfg.score else None, ids)
+    results = _explain_shards(cfg, store, dataset if cfg.score else None, ids, only=only, start=start)
     run = faithfulness_task(config, write_run_task(config, store, dataset, results))
     if cfg.report and cfg.score:
         run["report"] = report_task(config)
@@ -209,8 +213,9 @@ def _explain(cfg: RunConfig, store: str, dataset: str, ids: list[str], stages: l
 
 
 @flow(name="explain_flow", log_prints=True)
-def explain_flow(config: dict[str, Any], store: str | None = None) -> dict[str, Any]:
-    """select -> gradcam -> modules -> score -> report, from an existing capture store (CPU only)."""
+def explain_flow(config: dict[str, Any], store: str | None = None, only: str | None = None,
+                 start: str | None = None) -> dict[str, Any]:
+    """select -> base -> modules -> score -> report, from an existing capture store (CPU only)."""
     cfg = _cfg(config)
     ds = prepare_dataset_task(cfg.model_dump())
     if store is None:
@@ -218,19 +223,19 @@ def explain_flow(config: dict[str, Any], store: str | None = None) -> dict[str, 
     from schemas.capture import CaptureStore
 
     ids = CaptureStore.open(P.artifact_root(cfg).fetch(store)).sample_ids()
-    return _explain(cfg, store, ds["path"], ids, [])
+    return _explain(cfg, store, ds["path"], ids, [], only=only, start=start)
 
 
 @flow(name="pipeline_flow", log_prints=True)
-def pipeline_flow(config: dict[str, Any]) -> dict[str, Any]:
+def pipeline_flow(config: dict[str, Any], only: str | None = None, start: str | None = None) -> dict[str, Any]:
     """capture_flow then explain_flow."""
     cfg = _cfg(config)
     dataset, cap, ids = _capture(cfg)
-    return _explain(cfg, cap["path"], dataset, ids, [cap])
+    return _explain(cfg, cap["path"], dataset, ids, [cap], only=only, start=start)
 
 
 @flow(name="sweep_flow", log_prints=True)
-def sweep_flow(config: dict[str, Any]) -> dict[str, Any]:
+def sweep_flow(config: dict[str, Any], only: str | None = None, start: str | None = None) -> dict[str, Any]:
     """A grid of presets or module parameters over one capture (e.g. the paper's ablation table)."""
     cfg = _cfg(config)
     if cfg.sweep is None and len(cfg.explain.presets) + len(cfg.explain.chains) < 2:
@@ -238,7 +243,7 @@ def sweep_flow(config: dict[str, Any]) -> dict[str, Any]:
 
         raise DcamError("sweep_flow needs a 'sweep' grid or several presets/chains in the config")
     dataset, cap, ids = _capture(cfg)
-    return _explain(cfg, cap["path"], dataset, ids, [cap])
+    return _explain(cfg, cap["path"], dataset, ids, [cap], only=only, start=start)
 
 
 FLOWS = {"pipeline": pipeline_flow, "capture": capture_flow, "explain": explain_flow, "sweep": sweep_flow}

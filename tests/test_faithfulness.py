@@ -12,7 +12,8 @@ from schemas.storage import as_root
 from stages.capture.core import CaptureConfig
 from stages.capture.run import capture_dataset
 from stages.capture.toy_adapter import ToyAdapter
-from stages.explain.runner import chain_from_preset, explain_run
+from stages.graph import run_explain
+from stages.presets import get_preset
 from stages.faithfulness.stage import FaithfulnessConfig
 from stages.synth.write import write_dataset
 from test_cli import run as _dcam  # (exit status, stdout, stderr) of dcam ARGS
@@ -30,7 +31,7 @@ def faith_run(tmp_path_factory):
     capture_dataset(data, store, adapter=ToyAdapter.load(), model_spec="toy",
                     config=CaptureConfig(layers=(1,), steps=16, block_length=16))
     explain = root / "explain"
-    run = explain_run(store, explain, [chain_from_preset(n) for n in PRESETS], dataset=data)
+    run = run_explain(explain, store, [get_preset(n) for n in PRESETS], dataset=data)
     result = faithfulness_stage(explain, run, config=CONFIG)
     return {"root": explain, "store": store, "data": data, "run": run, "summary": result["summary"]}
 

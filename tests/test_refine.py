@@ -407,7 +407,7 @@ def test_paper_profile_differs_from_reference():
 
 
 def test_presets():
-    from stages.presets import PRESETS, apply_preset, get_preset
+    from stages.presets import PRESETS, get_preset
 
     expected = {
         "diffusion-cam", "diffusion-cam-reference", "gradcam", "llava-cam", "tam", "ablation-baseline",
@@ -422,16 +422,16 @@ def test_presets():
     rng = np.random.default_rng(0)
     arrays = {"acts": rng.normal(size=(30, 8)), "alpha_pos": np.abs(rng.normal(size=(2, 8))), "tam_logits": rng.normal(size=(2, 30))}
     base = get_preset("ablation-baseline")
-    out = apply_preset(base, arrays, (5, 6))
+    out = base.maps(arrays, (5, 6))
     from stages.basemaps import diffusion_cam_base
 
     raw = diffusion_cam_base(arrays["acts"], arrays["alpha_pos"], (5, 6), normalize=True)
     np.testing.assert_array_equal(out, np.where(raw < 0.4, 0, raw))
-    tam = apply_preset("tam", arrays, (5, 6))
+    tam = get_preset("tam").maps(arrays, (5, 6))
     clipped = np.maximum(arrays["tam_logits"], 0).reshape(2, 5, 6)
     lo, hi = clipped.min(axis=(1, 2), keepdims=True), clipped.max(axis=(1, 2), keepdims=True)
     np.testing.assert_allclose(tam, rank_gaussian_filter((clipped - lo) / (hi - lo + 1e-8)), atol=1e-6)
-    assert apply_preset("diffusion-cam", arrays, (5, 6), contexts=MapContext(num_steps=32)).shape == (2, 5, 6)
+    assert get_preset("diffusion-cam").maps(arrays, (5, 6), contexts=MapContext(num_steps=32)).shape == (2, 5, 6)
 
 
 # ---------------------------------------------------------------- CLI

@@ -131,22 +131,23 @@ def test_truncated_chunk_is_one_problem_line(store, tmp_path):
 
 
 def test_tampered_maps_artifact_refused_and_deep_verify_names_it(store, tmp_path, capsys):
-    from stages.explain.runner import chain_from_preset, explain_chain
+    from stages.graph import explain_shard
+    from stages.presets import get_preset
 
     root = tmp_path / "root"
-    results = explain_chain(store, root, chain_from_preset("gradcam"))
-    maps = Path(results[1].path)
+    results = explain_shard(root, store, [get_preset("gradcam")])["gradcam"]
+    maps = Path(results[1]["path"])
     data = next(p for p in maps.rglob("*") if p.is_file() and p.name != "manifest.json")
     data.write_bytes(data.read_bytes() + b"\0")
     schemas.verify._VERIFIED.clear()  # what this process verified; a later run is another process
     with pytest.raises(IntegrityError, match="maps artifact .* does not match its recorded digest"):
         verified_manifest(maps)
-    rc, out = dcam(["inspect", results[-1].path, "--verify"], capsys)
+    rc, out = dcam(["inspect", results[-1]["path"], "--verify"], capsys)
     assert rc == 0  # the last artifact itself is intact ...
-    rc, out = dcam(["inspect", results[-1].path, "--verify", "--deep"], capsys)
+    rc, out = dcam(["inspect", results[-1]["path"], "--verify", "--deep"], capsys)
     assert rc == 1 and f"{maps}: content digest mismatch" in out  # ... the maps it was computed from are not
     with pytest.raises(IntegrityError):  # and a rerun refuses to reuse it
-        explain_chain(store, root, chain_from_preset("gradcam"))
+        explain_shard(root, store, [get_preset("gradcam")])
 
 
 # ------------------------------------------------------------------ 1. resume against a changed dataset
@@ -311,7 +312,7 @@ def test_case10_live_temporary_of_another_pid_namespace_is_kept(tmp_path):
     import fcntl
     import os
 
-    from stages.explain.runner import sweep_stale
+    from stages.catalog import sweep_stale
 
     # a writer in a container: its PID (here one that does not exist in this namespace) says nothing
     live = tmp_path / ".abc.tmp-999999-deadbeef"

@@ -14,7 +14,8 @@ from schemas.manifest import read_manifest
 from stages.capture.core import CaptureConfig
 from stages.capture.run import capture_dataset
 from stages.capture.toy_adapter import ToyAdapter
-from stages.explain.runner import chain_from_preset, explain_run
+from stages.graph import run_explain
+from stages.presets import get_preset
 from schemas.errors import DcamError
 from stages.report.build import _Preset, ablation_figure, build_report, display_map, overlay_name, safe_name
 from stages.report.overlay import contours, heatmap_rgba, instance_outlines, mark_peak, outline, overlay, peak, save_png
@@ -198,7 +199,7 @@ def run_dir(tmp_path_factory):
     capture_dataset(data, store, adapter=ToyAdapter.load(str(model_dir)), model_spec="toy",
                     config=CaptureConfig(layers=(1,), steps=4, block_length=8, score="contrastive"))  # always scored
     explain = root / "explain"
-    explain_run(store, explain, [chain_from_preset(n) for n in PRESETS], dataset=data)
+    run_explain(explain, store, [get_preset(n) for n in PRESETS], dataset=data)
     faith = explain / "faithfulness"
     faith.mkdir()
     (faith / "summary.json").write_text(json.dumps(FAITHFULNESS))

@@ -14,7 +14,7 @@ import numpy as np
 
 from schemas.errors import DcamError
 from schemas.manifest import InputRef, SampleStatus, StageManifest, read_manifest
-from schemas.maps import write_mapset
+from schemas.maps import SCHEMA_VERSION as MAPS_SCHEMA_VERSION, write_mapset
 
 STAGE_VERSION = "1.0"
 
@@ -105,7 +105,7 @@ def run_basemap(store_path: str | Path, selection_dir: str | Path, out_dir: str 
             statuses.append(SampleStatus(sample_id=s.sample_id, status="failed", reason=str(e)))
     cap_manifest = store.manifest()
     manifest = StageManifest(
-        kind="maps", schema_version="", stage="base", stage_version=STAGE_VERSION,
+        kind="maps", schema_version=MAPS_SCHEMA_VERSION, stage="base", stage_version=STAGE_VERSION,
         config={"method": method, "options": dict(options or {})},
         inputs={
             "capture": InputRef(path=str(Path(store_path).resolve()), kind="capture",

@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from schemas.manifest import ARTIFACT_SCHEMA_VERSIONS, InputRef, StageManifest, digest_files, read_manifest, write_manifest
-from schemas.maps import read_mapset, write_mapset
+from schemas.maps import SCHEMA_VERSION as MAPS_SCHEMA_VERSION, read_mapset, write_mapset
 
 STAGE_VERSION = "1.0"
 
@@ -29,7 +29,7 @@ def merge_maps(dirs: Sequence[str | Path], out_dir: str | Path) -> StageManifest
         contexts.update(ms.contexts)
         samples += ms.manifest.samples
         inputs[f"shard{i}"] = InputRef(path=str(Path(d).resolve()), kind="maps", content_digest=ms.manifest.content_digest)
-    manifest = StageManifest(kind="maps", schema_version="", stage=stage or "merge", stage_version=STAGE_VERSION,
+    manifest = StageManifest(kind="maps", schema_version=MAPS_SCHEMA_VERSION, stage=stage or "merge", stage_version=STAGE_VERSION,
                              config={"merge": len(dirs)}, inputs=inputs, samples=samples,
                              timings={"wall": time.perf_counter() - t0})
     return write_mapset(out_dir, index_rows=index_rows, maps=maps, contexts=contexts, manifest=manifest)

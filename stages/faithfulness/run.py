@@ -1,7 +1,8 @@
 """Faithfulness over an explain run: occlusion -> score(occlusion) -> faithfulness, content-addressed.
 
 One path for ``dcam faithfulness``, ``dcam demo``, ``dcam run`` and the Prefect flows. Each stage output lives at
-``ROOT/<stage>/<key>`` like every explain stage (:func:`stages.explain.runner.run_stage`): the occlusion maps'
+``ROOT/<stage>/<key>`` like every explain stage (:func:`stages.catalog.materialize`; the nodes ``occlusion``, ``score`` and
+``faithfulness`` of :mod:`stages.graph`): the occlusion maps'
 key digests the capture, the selection and the model; the faithfulness key adds every method's final maps. A
 rerun with nothing changed reports all three ``cached`` and loads no model. The run description
 (``ROOT/run.json``) gains a ``faithfulness`` entry (the artifact holding ``summary.json``) and an ``occlusion``
@@ -15,8 +16,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from schemas.errors import DcamError
-from stages.faithfulness.stage import (FAITHFULNESS_VERSION, OCCLUSION_VERSION, FaithfulnessConfig,
-                                       chain_from_stages, run_faithfulness, run_occlusion)
+from stages.faithfulness.stage import (FAITHFULNESS_VERSION, OCCLUSION_VERSION, FaithfulnessConfig, run_faithfulness,
+                                       run_occlusion)
 
 #: Methods the faithfulness stage adds to a run's own: the reference and the noise map.
 ADDED = ("occlusion", "random")
@@ -64,8 +65,8 @@ def faithfulness_for_run(root, run: dict[str, Any], *, config: FaithfulnessConfi
         ``run`` with ``faithfulness`` (artifact path), ``presets.occlusion`` and ``faithfulness_stages``.
     """
     from schemas.storage import as_root
-    from stages.explain.addressing import dataset_digest
-    from stages.explain.runner import capture_digest, run_stage
+    from stages.catalog import capture_digest, dataset_digest, materialize as run_stage
+    from stages.graph import NODES, chain_of
 
     ar = as_root(root)
     known = [m for m in run["presets"] if m != "occlusion"]
@@ -100,11 +101,10 @@ def faithfulness_for_run(root, run: dict[str, Any], *, config: FaithfulnessConfi
     stages = [occ]
     occ_scores = None
     if dataset:
-        from stages.score.stage import STAGE_VERSION as SCORE_V, run_score
-
-        sc = run_stage(ar, "score", SCORE_V, {"method": "occlusion", "tam_resize": tam_resize},
-                       {"maps": occ.content_digest, "dataset": dataset_digest(dataset)},
-                       lambda out: run_score(occ.path, dataset, out, method="occlusion", tam_resize=tam_resize),
+        score = NODES["score"]
+        cfg = {"method": "occlusion", "tam_resize": tam_resize}
+        sc = run_stage(ar, "score", score.version, cfg, {"maps": occ.content_digest, "dataset": dataset_digest(dataset)},
+                       lambda out: score.run(out, {"maps": occ.path, "dataset": dataset}, **cfg),
                        kind="scores", needs=[occ.path, dataset])
         stages.append(sc)
         occ_scores = sc.path
@@ -115,7 +115,7 @@ def faithfulness_for_run(root, run: dict[str, Any], *, config: FaithfulnessConfi
     inputs = {"capture": cap, "model": model_key, **{f"maps:{m}": read_manifest(p).content_digest for m, p in maps.items()}}
     chains = {}
     for m in names:
-        chain = chain_from_stages(m, run["presets"][m]["stages"])
+        chain = chain_of(run, m)
         if chain is not None:
             chains[m] = chain
     faith = run_stage(ar, "faithfulness", FAITHFULNESS_VERSION, {**config.key(), "methods": names}, inputs,

@@ -239,7 +239,7 @@ def run_occlusion(store_path: str | Path, selection, out_dir: str | Path, *, ada
         Needed for ``targets='objects'``.
     """
     from schemas.capture import CaptureStore
-    from schemas.maps import write_mapset
+    from schemas.maps import SCHEMA_VERSION as MAPS_SCHEMA_VERSION, write_mapset
 
     from stages.faithfulness.model import refuse_self_conditioned
 
@@ -276,7 +276,7 @@ def run_occlusion(store_path: str | Path, selection, out_dir: str | Path, *, ada
     wall = time.perf_counter() - t0
     cap = store.manifest()
     manifest = StageManifest(
-        kind="maps", schema_version="", stage="occlusion", stage_version=OCCLUSION_VERSION,
+        kind="maps", schema_version=MAPS_SCHEMA_VERSION, stage="occlusion", stage_version=OCCLUSION_VERSION,
         config={**config.occlusion_key(), "score": "attribution score drop"},
         inputs={"capture": InputRef(path=str(Path(store_path).resolve()), kind="capture",
                                     content_digest=cap.content_digest if cap else store.content_digest())},
@@ -284,32 +284,6 @@ def run_occlusion(store_path: str | Path, selection, out_dir: str | Path, *, ada
                                    "forwards_per_second": forwards / wall if wall > 0 else 0.0},
     )
     return write_mapset(out_dir, index_rows=index_rows, maps=maps, contexts=contexts, manifest=manifest)
-
-
-# --------------------------------------------------------------------------------------------- chains
-def chain_from_stages(name: str, stages: Sequence[Mapping[str, Any]]):
-    """Rebuild a method's :class:`~stages.explain.runner.ChainSpec` from its stage results (``run.json``:
-    ``presets.<name>.stages``) by reading each stage's manifest; None when the chain has no Grad-CAM stage
-    (e.g. ``occlusion``)."""
-    from stages.explain.runner import ChainSpec
-
-    first = [s for s in stages if s.get("shard", 0) == 0 and s["stage"] not in ("select", "score")
-             and not s["stage"].startswith("merge")]
-    base, modules, profile, params, threshold = None, [], "reference", {}, None
-    for s in first:
-        cfg = read_manifest(s["path"]).config
-        if s["stage"] == "base":
-            base = (cfg["method"], dict(cfg.get("options") or {}))
-        elif s["stage"] == "threshold":
-            threshold = float(cfg["threshold"])
-        elif "module" in cfg:
-            modules.append(cfg["module"])
-            profile = cfg.get("profile", profile)
-            if cfg.get("params"):
-                params[cfg["module"]] = dict(cfg["params"])
-    if base is None:
-        return None
-    return ChainSpec(name, base[0], base[1], tuple(modules), profile, params, threshold)
 
 
 # --------------------------------------------------------------------------------------------- faithfulness
@@ -352,7 +326,7 @@ def run_faithfulness(store_path: str | Path, methods: Mapping[str, str | Path], 
         The explain run's selection rows.
     adapter : ModelAdapter
     config : FaithfulnessConfig
-    chains : mapping of str to ChainSpec, optional
+    chains : mapping of str to Chain, optional
         The chains of the methods to put through model randomisation (default: none).
     dataset : path, optional
         Needed for ``targets='objects'``.
@@ -499,7 +473,6 @@ def randomisation_check(store, sample_ids: Sequence[str], selection, chains: Map
     import torch
 
     from stages.faithfulness.model import attribution_arrays, cascade_modules, reinitialise
-    from stages.presets import apply_preset
     from stages.refine import MapContext
 
     cols = ["sample_id", "target", "layer", "method", "level_index", "level", "spearman"]
@@ -533,7 +506,7 @@ def randomisation_check(store, sample_ids: Sequence[str], selection, chains: Map
             contexts = [MapContext(generated_ids=ctx["generated_ids"], words=ctx["words"], num_steps=ctx["num_steps"],
                                    seed=ctx["seed"]) for _ in ts]
             for name, chain in chains.items():
-                for t, m in zip(ts, apply_preset(chain, arrays, grid, contexts=contexts)):
+                for t, m in zip(ts, chain.maps(arrays, grid, contexts=contexts)):
                     out[(sid, t.index, layer, name)] = m
         return out
 

@@ -1,4 +1,5 @@
-"""Post-processing stage: one module (AKD, DACG, CBA, normalize, SICD, ...) over a maps artifact."""
+"""Post-processing nodes: one refine module (AKD, DACG, CBA, normalize, SICD, ...) or the threshold over a maps
+artifact (the ``refine`` and ``threshold`` nodes of :mod:`stages.graph`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from schemas.manifest import InputRef, StageManifest
-from schemas.maps import read_mapset, write_mapset
+from schemas.maps import SCHEMA_VERSION as MAPS_SCHEMA_VERSION, read_mapset, write_mapset
 
 STAGE_VERSION = "1.0"
 
@@ -25,7 +26,7 @@ def _rewrite(maps_dir, out_dir, *, stage: str, config: dict[str, Any], fn) -> St
             index_rows.append({k: v for k, v in rec.items() if k not in ("h", "w", "array", "offset")})
             maps.append(np.asarray(m, dtype=np.float32))
     manifest = StageManifest(
-        kind="maps", schema_version="", stage=stage, stage_version=STAGE_VERSION, config=config,
+        kind="maps", schema_version=MAPS_SCHEMA_VERSION, stage=stage, stage_version=STAGE_VERSION, config=config,
         inputs={"maps": InputRef(path=str(Path(maps_dir).resolve()), kind="maps", content_digest=ms.manifest.content_digest)},
         samples=list(ms.manifest.samples), timings={"wall": time.perf_counter() - t0},
     )
@@ -34,8 +35,10 @@ def _rewrite(maps_dir, out_dir, *, stage: str, config: dict[str, Any], fn) -> St
 
 def run_threshold(maps_dir: str | Path, out_dir: str | Path, *, threshold: float) -> StageManifest:
     """Zero every value below ``threshold`` (the official baseline's 0.4, LLaVA-CAM's 0.5)."""
+    from stages.chain import apply_threshold
+
     return _rewrite(maps_dir, out_dir, stage="threshold", config={"threshold": threshold},
-                    fn=lambda stack, rows, ms: np.where(stack < threshold, 0.0, stack))
+                    fn=lambda stack, rows, ms: apply_threshold(stack, threshold))
 
 
 def run_module(maps_dir: str | Path, out_dir: str | Path, *, module: str, profile: str,

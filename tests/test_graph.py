@@ -1,0 +1,254 @@
+"""The stage graph (issue 15): one chain type, the nodes a chain walks, the one explain path, --only / --from.
+
+Known answers: the node configs that key each artifact are the ones the explain stages used before the graph
+(so the same inputs give the same artifacts), chains parse from presets as the config documents, and slicing
+recomputes exactly the named stages.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from schemas.errors import DcamError
+from schemas.run import RunRecord
+from stages.catalog import artifact_dir, artifact_key
+from stages.chain import Chain, as_chain, sweep_chains
+from stages.graph import CHAIN_NODES, NODES, chain_steps, check_slice, explain_shard, run_explain
+from stages.presets import PRESETS, get_preset
+
+# ------------------------------------------------------------------------------------------------ chain type
+
+CHAIN_CASES = [
+    # (entry, expected fields or an error fragment)
+    ({"name": "x", "preset": "tam"},
+     {"base": "tam", "modules": ("normalize", "rank-filter"), "params": {"rank-filter": {"size": 3}},
+      "profile": "reference"}),
+    ({"name": "x", "preset": "tam", "params": {"rank-filter": {"size": 5}}},
+     {"params": {"rank-filter": {"size": 5}}}),
+    ({"name": "x", "preset": "tam", "modules": ["normalize"]},  # the removed module's params are dropped
+     {"modules": ("normalize",), "params": {}}),
+    ({"name": "x", "preset": "ablation-baseline", "threshold": 0.25}, {"threshold": 0.25, "modules": ()}),
+    ({"name": "x", "preset": "diffusion-cam", "profile": "reference"},
+     {"profile": "reference", "base_options": {"normalize": True}}),
+    ({"name": "x", "base": "gradcam", "modules": []}, {"profile": "paper", "modules": (), "threshold": None}),
+    ({"name": "x", "preset": "tam", "modules": ["normalize"], "params": {"rank-filter": {"size": 5}}},
+     "parameters given for modules it does not run: ['rank-filter']"),
+    ({"name": "x", "base": "gradcam"}, "give 'preset' to start from, or both 'base' and 'modules'"),
+    ({"name": "x", "base": "nope", "modules": []}, "nope"),
+    ({"name": "x", "base": "gradcam", "modules": ["nope"]}, "unknown module 'nope'"),
+    ({"name": "x", "base": "gradcam", "modules": [], "profile": "weird"}, "profile must be one of"),
+    ({"name": "x", "base": "gradcam", "modules": [], "threshold": math.inf}, "threshold must be a finite number"),
+    ({"name": "x", "preset": "nope"}, "unknown preset 'nope'"),
+    ({"name": "x", "base": "gradcam", "modules": [], "colour": "red"}, "Extra inputs are not permitted"),
+]
+
+
+@pytest.mark.parametrize("entry, expected", CHAIN_CASES, ids=[str(i) for i in range(len(CHAIN_CASES))])
+def test_chain_entries(entry, expected):
+    if isinstance(expected, str):
+        with pytest.raises(DcamError, match=expected.replace("[", r"\[").replace("]", r"\]")):
+            as_chain(entry)
+        return
+    chain = as_chain(entry)
+    assert chain.name == "x" and chain.summary == ""
+    for field, value in expected.items():
+        assert getattr(chain, field) == value, field
+
+
+def test_chain_is_frozen_and_presets_are_chains():
+    chain = get_preset("gradcam")
+    with pytest.raises(Exception):
+        chain.base = "tam"
+    assert all(isinstance(p, Chain) and p.name == n for n, p in PRESETS.items())
+    # a chain survives its JSON form (how run.json and Prefect parameters carry it)
+    for p in PRESETS.values():
+        assert Chain.model_validate(json.loads(json.dumps(p.model_dump()))) == p
+
+
+def test_sweep_names_and_params():
+    chains = sweep_chains("diffusion-cam-reference", {"dacg.sigma": [1.0, 2.0], "akd.max_kernel": [3]})
+    assert [c.name for c in chains] == ["diffusion-cam-reference[akd.max_kernel=3,dacg.sigma=1.0]",
+                                        "diffusion-cam-reference[akd.max_kernel=3,dacg.sigma=2.0]"]
+    assert chains[1].params == {"akd": {"max_kernel": 3}, "dacg": {"sigma": 2.0}}
+    with pytest.raises(DcamError, match="does not run module 'rank-filter'"):
+        sweep_chains("diffusion-cam", {"rank-filter.size": [3]})
+    with pytest.raises(DcamError, match="must be 'module.param'"):
+        sweep_chains("diffusion-cam", {"size": [3]})
+
+
+def test_in_memory_chain_equals_its_steps():
+    """Chain.maps (the faithfulness stage's path) = base method, then apply_chain, then the threshold."""
+    from stages.basemaps import get_base_method
+    from stages.refine.chain import apply_chain
+
+    rng = np.random.default_rng(1)
+    arrays = {"acts": rng.normal(size=(20, 6)), "alpha": rng.normal(size=(3, 6)),
+              "alpha_pos": np.abs(rng.normal(size=(3, 6))), "tam_logits": rng.normal(size=(3, 20))}
+    for name in ("ablation-baseline", "llava-cam", "diffusion-cam", "tam"):
+        chain = get_preset(name)
+        base = get_base_method(chain.base)(arrays, (4, 5), **chain.base_options)
+        want = apply_chain(base, chain.modules, profile=chain.profile, params=chain.params)
+        if chain.threshold is not None:
+            want = np.where(want < chain.threshold, 0, want)
+        np.testing.assert_allclose(chain.maps(arrays, (4, 5)), want, rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+# ------------------------------------------------------------------------------------------------ nodes
+
+STEP_CASES = [
+    # (preset, scored, expected (node, stage) sequence)
+    ("gradcam", True, [("select", "select"), ("base", "base"), ("refine", "normalize"), ("score", "score")]),
+    ("ablation-baseline", True, [("select", "select"), ("base", "base"), ("threshold", "threshold"),
+                                 ("score", "score")]),
+    ("tam", False, [("select", "select"), ("base", "base"), ("refine", "normalize"), ("refine", "rank-filter")]),
+    ("llava-cam", False, [("select", "select"), ("base", "base"), ("threshold", "threshold")]),
+    ("diffusion-cam", True, [("select", "select"), ("base", "base"), *(("refine", m) for m in
+                             ("akd", "dacg", "cba", "normalize", "sicd")), ("score", "score")]),
+]
+
+
+@pytest.mark.parametrize("preset, scored, expected", STEP_CASES, ids=[c[0] for c in STEP_CASES])
+def test_chain_steps(preset, scored, expected):
+    steps = chain_steps(get_preset(preset), policy="unmask-step", layers=None, steps=None, sample_ids=None,
+                        scored=scored, tam_resize="uint8")
+    assert [(s.node, s.stage) for s in steps] == expected
+    for s in steps:  # every input names a registered input of the node and comes from an earlier step or outside
+        assert set(s.sources) == set(NODES[s.node].inputs)
+        earlier = {t.stage for t in steps[: steps.index(s)]}
+        assert all(src in earlier or src in ("capture", "dataset") for src in s.sources.values())
+
+
+def test_node_configs_are_the_artifact_keys_of_before():
+    """The configs that key each artifact are exactly those of the explain stages before the graph, so a root
+    written earlier is reused (its paths are unchanged except the base stage's folder, now 'base')."""
+    chain = get_preset("tam").renamed("mine", params={"rank-filter": {"size": 5}}, threshold=0.2)
+    steps = {s.stage: s.config for s in chain_steps(chain, policy="first-feasible", layers=[2], steps=None,
+                                                       sample_ids=["b", "a"], scored=True, tam_resize="float")}
+    assert steps == {
+        "select": {"policy": "first-feasible", "layers": [2], "steps": None, "sample_ids": ["a", "b"]},
+        "base": {"method": "tam", "options": {}},
+        "normalize": {"module": "normalize", "profile": "reference", "params": {}},
+        "rank-filter": {"module": "rank-filter", "profile": "reference", "params": {"size": 5}},
+        "threshold": {"threshold": 0.2},
+        "score": {"method": "mine", "tam_resize": "float"},
+    }
+    key = artifact_key("select", "1.0", steps["select"], {"capture": "c" * 64})
+    assert artifact_dir("/r", "select", key) == Path("/r/select") / key[:16] and len(key) == 64
+
+
+def test_node_registry():
+    assert list(CHAIN_NODES) == ["select", "base", "refine", "threshold", "score"]
+    assert all(NODES[n].run is not None and NODES[n].where == "CPU" for n in CHAIN_NODES)
+    assert {n.name for n in NODES.values() if n.where == "GPU"} == {"capture", "occlusion", "faithfulness"}
+    outputs = {n.output for n in NODES.values()}
+    assert all(i in outputs for n in NODES.values() for i in n.inputs)  # every input is some node's output
+
+
+@pytest.mark.parametrize("only, start, error", [
+    ("cba", None, None), (None, "base", None), ("refine", None, None), (None, "sicd", None),
+    ("cba", "base", "not both"), ("nope", None, "--only: unknown stage 'nope'"),
+    (None, "capture", "--from: unknown stage 'capture'"),
+])
+def test_check_slice(only, start, error):
+    if error is None:
+        check_slice(only, start)
+    else:
+        with pytest.raises(DcamError, match=error):
+            check_slice(only, start)
+
+
+# ------------------------------------------------------------------------------------------------ one path
+
+@pytest.fixture(scope="module")
+def capture(tmp_path_factory):
+    from stages.capture.core import CaptureConfig
+    from stages.capture.run import capture_dataset
+    from stages.capture.toy_adapter import ToyAdapter
+    from stages.synth.write import write_dataset
+    from stages.toy.model import ToyConfig, ToyDMLLM
+
+    base = tmp_path_factory.mktemp("graph")
+    write_dataset(base / "data", count=3, seed=5)
+    torch.manual_seed(0)
+    model = ToyDMLLM(ToyConfig(vision_hidden_size=32, hidden_size=32, intermediate_size=64, num_layers=3,
+                               num_heads=2, gen_length=8))
+    adapter = ToyAdapter.load(str(model.save_pretrained(base / "model")))
+    capture_dataset(base / "data", base / "store", adapter=adapter, model_spec="toy",
+                    config=CaptureConfig(layers=(1,), steps=4, block_length=8, temperature=0.5))
+    return base / "store", base / "data"
+
+
+def _status(results):
+    return {r["stage"]: r["status"] for r in results}
+
+
+def test_one_path_slicing_and_run_record(capture, tmp_path):
+    store, data = capture
+    chains = [get_preset("diffusion-cam-reference"), get_preset("gradcam")]
+    first = run_explain(tmp_path, store, chains, dataset=data)
+    record = RunRecord.read(tmp_path / "run.json")  # validates
+    assert record.schema_version == "1.0" and list(record.presets) == ["diffusion-cam-reference", "gradcam"]
+    assert record.presets["gradcam"].chain == ["gradcam", "normalize"]
+    assert Chain.model_validate({"name": "gradcam", **record.presets["gradcam"].spec}).key() == get_preset("gradcam").key()
+    assert {s.status for e in record.presets.values() for s in e.stages} == {"computed", "cached"}  # select shared
+
+    again = explain_shard(tmp_path, store, chains, dataset=data)
+    assert {r["status"] for res in again.values() for r in res} == {"cached"}
+    assert [r["path"] for r in again["gradcam"]] == [s["path"] for s in first["presets"]["gradcam"]["stages"]]
+
+    # --from cba: the stages before cba reused, cba and every stage after it recomputed (same content: same paths)
+    res = explain_shard(tmp_path, store, chains, dataset=data, start="cba")
+    assert _status(res["diffusion-cam-reference"]) == {
+        "select": "cached", "base": "cached", "akd": "cached", "dacg": "cached", "cba": "computed",
+        "normalize": "computed", "sicd": "computed", "score": "computed"}
+    assert set(_status(res["gradcam"]).values()) == {"cached"}  # no cba in it: nothing to recompute
+    assert [r["path"] for r in res["diffusion-cam-reference"]] == \
+        [s["path"] for s in first["presets"]["diffusion-cam-reference"]["stages"]]
+
+    # --only base: that node alone, in every chain; the stages after it are not run
+    res = explain_shard(tmp_path, store, chains, dataset=data, only="base")
+    assert _status(res["gradcam"]) == {"select": "cached", "base": "computed"}
+
+    # slicing where the upstream outputs are missing stops before writing anything
+    fresh = tmp_path / "fresh"
+    with pytest.raises(DcamError, match="--only akd: the 'select' output it reads does not exist yet"):
+        explain_shard(fresh, store, chains, dataset=data, only="akd")
+    assert not fresh.exists() or not any(fresh.rglob("manifest.json"))
+
+
+def test_sharded_run_merges_and_equals_the_unsharded_maps(capture, tmp_path):
+    from schemas.capture import CaptureStore
+    from schemas.maps import read_mapset
+
+    store, data = capture
+    ids = CaptureStore.open(store).sample_ids()
+    chain = [get_preset("gradcam")]
+    whole = run_explain(tmp_path / "a", store, chain, dataset=data)
+    parts = run_explain(tmp_path / "b", store, chain, dataset=data, shards=[ids[:1], ids[1:]])
+    stages = [s["stage"] for s in parts["presets"]["gradcam"]["stages"]]
+    assert stages[-2:] == ["merge-maps", "merge-scores"] and stages.count("select") == 2
+    a, b = read_mapset(whole["presets"]["gradcam"]["maps"]), read_mapset(parts["presets"]["gradcam"]["maps"])
+    key = ["sample_id", "target", "layer"]
+    ia, ib = a.index.sort_values(key).reset_index(drop=True), b.index.sort_values(key).reset_index(drop=True)
+    assert ia[key].equals(ib[key])
+    for (_, ra), (_, rb) in zip(ia.iterrows(), ib.iterrows()):
+        np.testing.assert_allclose(a.array(ra["array"])[ra["offset"]], b.array(rb["array"])[rb["offset"]], atol=1e-6)
+    with pytest.raises(DcamError, match="chain names must be unique"):
+        run_explain(tmp_path / "c", store, chain * 2)
+
+
+def test_run_record_refuses_what_is_not_one(tmp_path):
+    bad = tmp_path / "run.json"
+    bad.write_text(json.dumps({"store": "s", "policy": "unmask-step", "presets": {"x": {"maps": "m"}}}))
+    with pytest.raises(DcamError, match=r"not a valid run description \(presets.x.stages: Field required\)"):
+        RunRecord.read(bad)
+    bad.write_text(json.dumps({"schema_version": "2.0", "store": "s", "policy": "p", "presets": {}}))
+    with pytest.raises(DcamError, match="schema 2.0 is not readable"):
+        RunRecord.read(bad)
+    bad.write_text("{")
+    with pytest.raises(DcamError, match="not a readable run description"):
+        RunRecord.read(bad)
