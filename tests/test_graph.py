@@ -252,3 +252,71 @@ def test_run_record_refuses_what_is_not_one(tmp_path):
     bad.write_text("{")
     with pytest.raises(DcamError, match="not a readable run description"):
         RunRecord.read(bad)
+
+
+# ------------------------------------------------------------------------------------------------ command line
+
+def test_cli_graph_and_slice_options(capture, tmp_path, capsys):
+    from flows.cli import main
+
+    def dcam(args):
+        try:
+            main(args)
+            rc = 0
+        except SystemExit as e:
+            rc = e.code or 0
+        out = capsys.readouterr()
+        return rc, out.out, out.err
+
+    rc, out, _ = dcam(["graph", "--json"])
+    assert rc == 0 and [n["node"] for n in json.loads(out)][:4] == ["dataset", "capture", "select", "base"]
+    store, data = capture
+    root = tmp_path / "ex"
+    rc, out, err = dcam(["explain", str(store), "--preset", "gradcam", "--out", str(root), "--only", "nope"])
+    assert rc == 2 and "--only: unknown stage 'nope'" in err and not root.exists()
+    rc, out, err = dcam(["explain", str(store), "--preset", "gradcam", "--out", str(root), "--only", "base"])
+    assert rc == 1 and "the 'select' output it reads does not exist yet" in err
+    rc, out, _ = dcam(["explain", str(store), "--preset", "gradcam", "--out", str(root), "--json"])
+    assert rc == 0 and {s["status"] for s in json.loads(out)["presets"]["gradcam"]["stages"]} == {"computed"}
+    rc, out, _ = dcam(["explain", str(store), "--preset", "gradcam", "--out", str(root), "--from", "normalize",
+                       "--json"])
+    stages = {s["stage"]: s["status"] for s in json.loads(out)["presets"]["gradcam"]["stages"]}
+    assert rc == 0 and stages == {"select": "cached", "base": "cached", "normalize": "computed"}
+
+
+# ------------------------------------------------------------------------------------------------ each node
+
+def test_each_maps_node_against_a_direct_computation(capture, tmp_path):
+    """select -> base -> refine -> threshold on a real capture: each artifact equals the same computation done
+    directly on the store's arrays (base method, then apply_chain, then the threshold)."""
+    import pandas as pd
+
+    from schemas.capture import CaptureStore
+    from schemas.maps import read_mapset
+    from stages.basemaps import get_base_method
+    from stages.refine.chain import apply_chain
+
+    store, data = capture
+    chain = Chain(name="probe", base="gradcam", modules=("normalize", "cba"), profile="reference",
+                  base_options={"relu": True}, threshold=0.3)
+    res = {r["stage"]: r for r in explain_shard(tmp_path, store, [chain])["probe"]}
+    assert list(res) == ["select", "base", "normalize", "cba", "threshold"]
+    sel = pd.read_parquet(Path(res["select"]["path"]) / "selection.parquet")
+    cap = CaptureStore.open(store)
+    base = read_mapset(res["base"]["path"])
+    assert len(base.index) == len(sel) > 0  # unmask-step: one row per (target, layer)
+    for _, row in sel.iterrows():
+        sample = cap.sample(row["sample_id"])
+        r, layer = int(row["attr_row"]), int(row["layer"])
+        arrays = {"acts": sample.array("acts", layer)[sample.array("act_row")[r]].astype(np.float32),
+                  "alpha": sample.array("alpha", layer)[r]}
+        want = get_base_method("gradcam")(arrays, sample.grid, relu=True)[int(row["target"])]
+        hit = base.index[(base.index["sample_id"] == row["sample_id"]) & (base.index["target"] == row["target"])]
+        got = base.array(hit["array"].iloc[0])[hit["offset"].iloc[0]]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    stack = {s: read_mapset(res[s]["path"]) for s in ("base", "normalize", "cba", "threshold")}
+    for (_, rows, raw), (_, _, norm), (_, _, cba), (_, _, thr) in zip(*(m.groups() for m in stack.values())):
+        np.testing.assert_allclose(norm, apply_chain(raw, ["normalize"]), atol=1e-6)
+        np.testing.assert_allclose(cba, apply_chain(raw, ["normalize", "cba"]), atol=1e-6)
+        np.testing.assert_array_equal(thr, np.where(cba < 0.3, 0, cba))
+    assert stack["threshold"].manifest.schema_version == stack["base"].manifest.schema_version != ""
