@@ -17,7 +17,8 @@ from schemas.errors import DcamError
 from schemas.span import tokens_to_grid
 from stages.capture.core import CaptureConfig, capture_sample
 from stages.capture.hooks import BlockRecorder
-from stages.capture.replicas import MMADA_CODEBOOK, REPLICA_FAMILIES, build_replica
+from stages.capture.registry import replica_families
+from stages.capture.replicas import MMADA_CODEBOOK, build_replica
 
 NEWLINE = -5.0
 BASE = 7.0
@@ -275,10 +276,10 @@ MODES = {
     "mmada": ("full",),
     "diffusion-gemma": ("prefix-cache", "full"),
 }
-E2E = [(f, m) for f in REPLICA_FAMILIES for m in MODES[f]]
+E2E = [(f, m) for f in replica_families() for m in MODES[f]]
 
 
-@pytest.mark.parametrize("family", REPLICA_FAMILIES)
+@pytest.mark.parametrize("family", replica_families())
 def test_declared_modes(adapters, family):
     adapter = _adapter(adapters, family)
     assert adapter.modes == MODES[family] and adapter.default_mode == MODES[family][0]
@@ -316,7 +317,7 @@ def test_capture_explain_score_end_to_end(adapters, family, mode):
 
 
 # ----------------------------------------------------------------------------------------- loading
-@pytest.mark.parametrize("family", REPLICA_FAMILIES)
+@pytest.mark.parametrize("family", replica_families())
 def test_loading_a_checkpoint_gives_one_line(tmp_path, family):
     from stages.capture.registry import FAMILIES, load_adapter
 
