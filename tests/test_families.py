@@ -363,3 +363,30 @@ def test_hf_codec_groups_sub_tokens_into_words():
     assert codec.word_groups([1, 2, 3, 4, 5, 6, 7, 8, 0, 0]) == [
         ("a", [0]), ("red", [1]), ("circle", [2, 3]), (",", [4]), ("square", [5, 6, 7])
     ]
+
+
+# ----------------------------------------------------------------------------------------- LLaVA-NeXT geometry
+def test_pinpoints_parse_from_the_grid_string_and_the_list():
+    from stages.capture.families.llava_next import parse_pinpoints
+
+    assert parse_pinpoints("(1x1),...,(2x2)", 10) == [(10, 10), (10, 20), (20, 10), (20, 20)]
+    assert parse_pinpoints("[[384, 768], [768, 384]]", 384) == [(384, 768), (768, 384)]
+
+
+@pytest.mark.parametrize("size,best", [
+    ((100, 50), (100, 100)),  # all three keep 100x50 pixels; (100, 100) wastes the fewest
+    ((300, 150), (200, 100)),  # (200, 100) keeps 200x100, the others 100x50
+])
+def test_best_resolution_keeps_the_most_pixels_then_wastes_the_fewest(size, best):
+    from stages.capture.families.llava_next import select_best_resolution
+
+    assert select_best_resolution(size, [(100, 100), (200, 100), (100, 200)]) == best
+
+
+def test_unpad_crops_the_padding_rows_of_a_wide_image():
+    from stages.capture.families.llava_next import unpad_grid
+
+    grid = torch.arange(16.0).reshape(1, 4, 4)
+    # a 4x2 (w x h) image padded to a square: one row of padding above and below
+    torch.testing.assert_close(unpad_grid(grid, (4, 2)), grid[:, 1:3, :])
+    torch.testing.assert_close(unpad_grid(grid, (2, 4)), grid[:, :, 1:3])

@@ -69,8 +69,8 @@ class ModelAdapter(abc.ABC):
     defaults for every declaration, which a Protocol cannot carry; and a runtime-checkable Protocol checks
     only that names exist, while :func:`check_adapter` checks their values.
 
-    Declarations
-    ------------
+    Attributes
+    ----------
     modes : tuple of str
         Sampler modes the family supports (of :data:`MODES`), its own first.
     default_mode : str
