@@ -235,7 +235,7 @@ def check_adapter(adapter: ModelAdapter) -> ModelAdapter:
     for attr in ("mask_id", "eos_id", "gen_length"):
         if not isinstance(getattr(adapter, attr, None), (int, np.integer)):
             problems.append(f"{attr} must be an int, got {getattr(adapter, attr, None)!r}")
-    if not problems:
+    if isinstance(getattr(adapter, "gen_length", None), (int, np.integer)):  # default_steps may derive from it
         steps = adapter.default_steps
         if not isinstance(steps, (int, np.integer)) or steps < 1:
             problems.append(f"default_steps must be a positive int, got {steps!r}")
