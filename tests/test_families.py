@@ -17,7 +17,7 @@ from schemas.errors import DcamError
 from schemas.span import tokens_to_grid
 from stages.capture.core import CaptureConfig, capture_sample
 from stages.capture.hooks import BlockRecorder
-from stages.capture.registry import replica_families
+from stages.capture.registry import FAMILIES, replica_families
 from stages.capture.replicas import MMADA_CODEBOOK, build_replica
 
 NEWLINE = -5.0
@@ -268,21 +268,9 @@ def _scene():
     return np.asarray(scene.image), mask
 
 
-#: Modes each family supports (the first is its default).
-MODES = {
-    "lavida-llada": ("prefix-cache", "full"),
-    "lavida-dream": ("prefix-cache", "full"),
-    "llada-v": ("full",),
-    "mmada": ("full",),
-    "diffusion-gemma": ("prefix-cache", "full"),
-}
-E2E = [(f, m) for f in replica_families() for m in MODES[f]]
-
-
-@pytest.mark.parametrize("family", replica_families())
-def test_declared_modes(adapters, family):
-    adapter = _adapter(adapters, family)
-    assert adapter.modes == MODES[family] and adapter.default_mode == MODES[family][0]
+#: Every registered replica in every mode its adapter declares (the declared modes themselves are checked
+#: against each upstream in test_family_registry.py).
+E2E = [(f, m) for f in replica_families() for m in FAMILIES[f].adapter_class().modes]
 
 
 @pytest.mark.parametrize("family,mode", E2E)
@@ -319,7 +307,7 @@ def test_capture_explain_score_end_to_end(adapters, family, mode):
 # ----------------------------------------------------------------------------------------- loading
 @pytest.mark.parametrize("family", replica_families())
 def test_loading_a_checkpoint_gives_one_line(tmp_path, family):
-    from stages.capture.registry import FAMILIES, load_adapter
+    from stages.capture.registry import load_adapter
 
     assert FAMILIES[family].needs and FAMILIES[family].summary
     with pytest.raises(DcamError, match="not found") as missing:
