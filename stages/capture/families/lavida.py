@@ -8,10 +8,12 @@ Loops: LLaDA's ``generate.py`` and Dream's ``generation_utils.py``, both with ``
 Prefix-DLM cache, this family's default mode: the prompt with the image is encoded once, every step runs
 the response against the cached keys and values) or ``prefix_lm=False`` (full recompute, no mask).
 
-Differences from the official loops, on purpose: steps, transfer counts and remasking come from the shared
-sampler (``stages.dmllm.sampler``: LLaDA's even split, not LaViDa's ``schedule='shift'``); LaViDa-Dream's prefix path fixes the first response token to the argmax of
-the prefill's last logit before step 0, here that position is sampled like the others from the same
-logit (the shifted row 0), so with greedy decoding it gets the same token but possibly at a later step.
+Steps, transfer counts and remasking come from the shared sampler (``stages.dmllm.sampler``), which has
+LaViDa's ``schedule='shift'`` and Dream's schedule and entropy remasking; the adapters declare them as their
+defaults. One difference from the official loop, on purpose: LaViDa-Dream's prefix path fixes the first
+response token to the argmax of the prefill's last logit before step 0; here that position is sampled like
+the others from the same logit (the shifted row 0), so with greedy decoding it gets the same token but
+possibly at a later step.
 """
 
 from __future__ import annotations
