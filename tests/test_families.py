@@ -17,7 +17,8 @@ from schemas.errors import DcamError
 from schemas.span import tokens_to_grid
 from stages.capture.core import CaptureConfig, capture_sample
 from stages.capture.hooks import BlockRecorder
-from stages.capture.replicas import MMADA_CODEBOOK, REPLICA_FAMILIES, build_replica
+from stages.capture.registry import FAMILIES, replica_families
+from stages.capture.replicas import MMADA_CODEBOOK, build_replica
 
 NEWLINE = -5.0
 BASE = 7.0
@@ -267,21 +268,9 @@ def _scene():
     return np.asarray(scene.image), mask
 
 
-#: Modes each family supports (the first is its default).
-MODES = {
-    "lavida-llada": ("prefix-cache", "full"),
-    "lavida-dream": ("prefix-cache", "full"),
-    "llada-v": ("full",),
-    "mmada": ("full",),
-    "diffusion-gemma": ("prefix-cache", "full"),
-}
-E2E = [(f, m) for f in REPLICA_FAMILIES for m in MODES[f]]
-
-
-@pytest.mark.parametrize("family", REPLICA_FAMILIES)
-def test_declared_modes(adapters, family):
-    adapter = _adapter(adapters, family)
-    assert adapter.modes == MODES[family] and adapter.default_mode == MODES[family][0]
+#: Every registered replica in every mode its adapter declares (the declared modes themselves are checked
+#: against each upstream in test_family_registry.py).
+E2E = [(f, m) for f in replica_families() for m in FAMILIES[f].adapter_class().modes]
 
 
 @pytest.mark.parametrize("family,mode", E2E)
@@ -316,9 +305,9 @@ def test_capture_explain_score_end_to_end(adapters, family, mode):
 
 
 # ----------------------------------------------------------------------------------------- loading
-@pytest.mark.parametrize("family", REPLICA_FAMILIES)
+@pytest.mark.parametrize("family", replica_families())
 def test_loading_a_checkpoint_gives_one_line(tmp_path, family):
-    from stages.capture.registry import FAMILIES, load_adapter
+    from stages.capture.registry import load_adapter
 
     assert FAMILIES[family].needs and FAMILIES[family].summary
     with pytest.raises(DcamError, match="not found") as missing:
@@ -362,3 +351,30 @@ def test_hf_codec_groups_sub_tokens_into_words():
     assert codec.word_groups([1, 2, 3, 4, 5, 6, 7, 8, 0, 0]) == [
         ("a", [0]), ("red", [1]), ("circle", [2, 3]), (",", [4]), ("square", [5, 6, 7])
     ]
+
+
+# ----------------------------------------------------------------------------------------- LLaVA-NeXT geometry
+def test_pinpoints_parse_from_the_grid_string_and_the_list():
+    from stages.capture.families.llava_next import parse_pinpoints
+
+    assert parse_pinpoints("(1x1),...,(2x2)", 10) == [(10, 10), (10, 20), (20, 10), (20, 20)]
+    assert parse_pinpoints("[[384, 768], [768, 384]]", 384) == [(384, 768), (768, 384)]
+
+
+@pytest.mark.parametrize("size,best", [
+    ((100, 50), (100, 100)),  # all three keep 100x50 pixels; (100, 100) wastes the fewest
+    ((300, 150), (200, 100)),  # (200, 100) keeps 200x100, the others 100x50
+])
+def test_best_resolution_keeps_the_most_pixels_then_wastes_the_fewest(size, best):
+    from stages.capture.families.llava_next import select_best_resolution
+
+    assert select_best_resolution(size, [(100, 100), (200, 100), (100, 200)]) == best
+
+
+def test_unpad_crops_the_padding_rows_of_a_wide_image():
+    from stages.capture.families.llava_next import unpad_grid
+
+    grid = torch.arange(16.0).reshape(1, 4, 4)
+    # a 4x2 (w x h) image padded to a square: one row of padding above and below
+    torch.testing.assert_close(unpad_grid(grid, (4, 2)), grid[:, 1:3, :])
+    torch.testing.assert_close(unpad_grid(grid, (2, 4)), grid[:, :, 1:3])

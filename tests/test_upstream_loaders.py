@@ -88,11 +88,11 @@ def test_importing_the_family_code_fetches_nothing_from_a_hub(tmp_path, monkeypa
 
 
 def test_every_template_gets_the_checkpoints_tokenizer(tmp_path, monkeypatch, llava_cleanup):
-    from stages.capture.families.lavida import IMAGE_TOKEN_INDEX, _llava_prompt
+    from stages.capture.families.llava_next import IMAGE_TOKEN_INDEX, llava_prompt_builder
 
     _llava(tmp_path, monkeypatch, "LlavaLladaForMaskedDiffusion")
     tokenizer = SimpleNamespace(chat=lambda messages: " ".join(str(m) for _, m in messages if m))
-    ids = _llava_prompt(tokenizer, "llada")("what is red")
+    ids = llava_prompt_builder(tokenizer, "llada")("what is red")
     assert ids == [IMAGE_TOKEN_INDEX, 4, 2, 3]  # "<image>", "what", "is", "red" (the stand-in's word lengths)
 
 
@@ -123,7 +123,7 @@ def _llada_like_tokenizer():
 
 
 def test_a_llada_response_ends_at_eot_and_eot_never_glues_onto_a_word():
-    from stages.capture.families.lavida import LLADA_EOS_ID, llada_stop_ids
+    from stages.capture.families import LLADA_EOS_ID, llada_stop_ids
 
     tok = _llada_like_tokenizer()
     eot = tok.convert_tokens_to_ids("<|eot_id|>")
@@ -195,7 +195,8 @@ def test_load_lavida_with_stand_ins_casts_to_bf16_and_sets_the_familys_ids(tmp_p
     config's 151666 whatever the tokenizer says; LLaDA stops at <|eot_id|>, Dream at <|im_end|>."""
     from tokenizers import AddedToken
 
-    from stages.capture.families.lavida import DREAM_MASK_ID, LLADA_MASK_ID, load_lavida
+    from stages.capture.families import LLADA_MASK_ID
+    from stages.capture.families.lavida import DREAM_MASK_ID, load_lavida
 
     _llava(tmp_path, monkeypatch, "LlavaLladaForMaskedDiffusion")
     tower = tmp_path / "siglip"

@@ -2,5 +2,7 @@
 
 The one stage that needs the model (a GPU at real scale); every later stage runs
 from its store alone, on a CPU. ``adapter`` defines what a model family supplies,
-``core`` captures one sample, ``run`` loops over a dataset into a store.
+``registry`` lists the families (their adapters live in ``families/``, their tiny
+replicas in ``replicas``), ``core`` captures one sample, ``run`` loops over a dataset
+into a store.
 """

@@ -3,7 +3,8 @@
 A :class:`ModelAdapter` hides how a family builds its multimodal sequence and
 runs its forward passes; the capture loop (``stages.capture.run``) only sees
 response-token logits, hookable blocks and an image-span layout. A new family
-is one file with a subclass plus one entry in :data:`stages.capture.registry.FAMILIES`.
+is one file with a subclass plus one entry in :data:`stages.capture.registry.FAMILIES`;
+:func:`check_adapter` validates what the subclass declares when the registry loads it.
 
 Adapters touch the model through plain torch modules and attributes, so they
 also work inside a model's own environment (its repository's code and pinned
@@ -19,7 +20,14 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from schemas.errors import DcamError
 from schemas.span import SpanLayout
+from stages.dmllm.sampler import REMASKING, SCHEDULES
+
+#: The sampler modes a family may declare: full recompute every step, or the prompt encoded once (Prefix-DLM).
+MODES = ("full", "prefix-cache")
+#: The samplers a family may declare (see :attr:`ModelAdapter.sampler`).
+SAMPLERS = ("masked", "uniform-noise")
 
 
 @dataclass
@@ -50,10 +58,35 @@ class Prepared:
 
 
 class ModelAdapter(abc.ABC):
-    """Interface of a dMLLM family for capture.
+    """Interface of a dMLLM family for capture: the declared protocol every family implements.
 
-    Subclasses set :attr:`family`, :attr:`mask_id`, :attr:`eos_id`,
-    :attr:`gen_length` and implement the abstract methods.
+    Subclasses set :attr:`family`, :attr:`mask_id`, :attr:`eos_id`, :attr:`gen_length`, override the
+    declarations below where the family's upstream differs, and implement the abstract methods. Consumers
+    (capture, the faithfulness stage, the CLI) read the declarations by plain attribute access.
+
+    An abstract base class rather than a ``typing.Protocol``: the families share real behaviour
+    (:meth:`logits_fn`, :meth:`response_logits_full`, :attr:`default_steps` from :attr:`step_ratio`) and
+    defaults for every declaration, which a Protocol cannot carry; and a runtime-checkable Protocol checks
+    only that names exist, while :func:`check_adapter` checks their values.
+
+    Attributes
+    ----------
+    modes : tuple of str
+        Sampler modes the family supports (of :data:`MODES`), its own first.
+    default_mode : str
+        The mode used when none is asked for; one of ``modes``.
+    default_steps : int
+        Denoising steps by default (a property: ``step_ratio`` x ``gen_length`` unless a family fixes it).
+    default_schedule, default_remasking, default_temperature, default_top_p, step_ratio
+        The family's upstream sampler defaults.
+    sampler : str
+        Which sampler generates (of :data:`SAMPLERS`).
+    replayable : bool
+        Whether a word's score can be recomputed on a perturbed image from what the capture store keeps
+        (the faithfulness stage); False for a family whose steps read inputs the store does not keep.
+    batched_prompts : bool
+        Whether :meth:`full_logits` takes a batch of prompts of one length (many perturbed images in one
+        forward); False scores one image per forward, which is always correct.
     """
 
     family: str = ""
@@ -77,6 +110,10 @@ class ModelAdapter(abc.ABC):
     #: (:func:`stages.dmllm.uniform.uniform_noise_sample`; its forwards then take ``conditioning=``, the
     #: previous step's logits, and the adapter has ``vocab_size``).
     sampler: str = "masked"
+    #: The faithfulness stage can recompute a word's score on a perturbed image from the stored trajectory.
+    replayable: bool = True
+    #: ``full_logits`` takes a batch of prompts of one length (prompt embeddings concatenated on axis 0).
+    batched_prompts: bool = False
 
     def __init__(self, model: torch.nn.Module):
         self.model = model
@@ -164,6 +201,62 @@ class ModelAdapter(abc.ABC):
     @abc.abstractmethod
     def word_groups(self, ids: Sequence[int]) -> list[tuple[str, list[int]]]:
         """Group generated ids into words: [(word, [response positions]), ...], specials dropped."""
+
+
+def check_adapter(adapter: ModelAdapter) -> ModelAdapter:
+    """Check what a family's adapter declares; returns it unchanged.
+
+    Parameters
+    ----------
+    adapter : ModelAdapter
+        A loaded adapter (its ``gen_length`` set, so :attr:`~ModelAdapter.default_steps` can be read).
+
+    Returns
+    -------
+    ModelAdapter
+        ``adapter``.
+
+    Raises
+    ------
+    DcamError
+        One line naming the family and every declaration that is missing or out of range.
+    """
+    name = getattr(adapter, "family", "") or type(adapter).__name__
+    if not isinstance(adapter, ModelAdapter):
+        raise DcamError(f"family {name}: the adapter {type(adapter).__name__} is not a ModelAdapter")
+    problems = []
+    if not adapter.family:
+        problems.append("family is empty")
+    modes = adapter.modes
+    if not isinstance(modes, tuple) or not modes or any(m not in MODES for m in modes):
+        problems.append(f"modes must be a non-empty tuple of {MODES}, got {modes!r}")
+    elif adapter.default_mode not in modes:
+        problems.append(f"default_mode {adapter.default_mode!r} is not one of modes {modes}")
+    for attr in ("mask_id", "eos_id", "gen_length"):
+        if not isinstance(getattr(adapter, attr, None), (int, np.integer)):
+            problems.append(f"{attr} must be an int, got {getattr(adapter, attr, None)!r}")
+    if isinstance(getattr(adapter, "gen_length", None), (int, np.integer)):  # default_steps may derive from it
+        steps = adapter.default_steps
+        if not isinstance(steps, (int, np.integer)) or steps < 1:
+            problems.append(f"default_steps must be a positive int, got {steps!r}")
+    if not adapter.step_ratio > 0:
+        problems.append(f"step_ratio must be > 0, got {adapter.step_ratio!r}")
+    if adapter.sampler not in SAMPLERS:
+        problems.append(f"sampler must be one of {SAMPLERS}, got {adapter.sampler!r}")
+    if adapter.default_schedule not in SCHEDULES:
+        problems.append(f"default_schedule must be one of {SCHEDULES}, got {adapter.default_schedule!r}")
+    if adapter.default_remasking not in REMASKING:
+        problems.append(f"default_remasking must be one of {REMASKING}, got {adapter.default_remasking!r}")
+    if not adapter.default_temperature >= 0:
+        problems.append(f"default_temperature must be >= 0, got {adapter.default_temperature!r}")
+    if not 0 < adapter.default_top_p <= 1:
+        problems.append(f"default_top_p must be in (0, 1], got {adapter.default_top_p!r}")
+    for attr in ("replayable", "batched_prompts"):
+        if not isinstance(getattr(adapter, attr), bool):
+            problems.append(f"{attr} must be a bool, got {getattr(adapter, attr)!r}")
+    if problems:
+        raise DcamError(f"family {name}: the adapter {type(adapter).__name__} declares: {'; '.join(problems)}")
+    return adapter
 
 
 def snapshot_cache(cache: Any) -> dict[str, Any]:

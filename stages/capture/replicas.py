@@ -432,7 +432,59 @@ def diffusion_gemma_replica(tokenizer: ToyTokenizer, canvas_length: int = 8):
 
 
 # ================================================================================ adapters on replicas
-REPLICA_FAMILIES = ("lavida-llada", "lavida-dream", "llada-v", "mmada", "diffusion-gemma")
+def replica_text(gen_length: int):
+    """The text side every replica adapter shares: (tokenizer, codec, adapter keyword arguments).
+
+    The keyword arguments are the mask and end ids of :func:`replica_tokenizer`, ``gen_length``, and the
+    specials other than EOS as ``forbid_ids``.
+    """
+    from stages.capture.families import WordCodec
+
+    tok = replica_tokenizer()
+    codec = WordCodec(tok)
+    forbid = tuple(i for i in sorted(codec.special) if i != tok.eos_id)
+    return tok, codec, dict(mask_id=tok.mask_id, eos_id=tok.eos_id, gen_length=gen_length, forbid_ids=forbid)
+
+
+def lavida_llada_replica_adapter(gen_length: int):
+    """:class:`~stages.capture.families.lavida.LavidaLladaAdapter` around :class:`LavidaLladaReplica`."""
+    from stages.capture.families.lavida import LavidaLladaAdapter
+
+    tok, codec, common = replica_text(gen_length)
+    return LavidaLladaAdapter(LavidaLladaReplica(len(tok)).eval(), codec, **common)
+
+
+def lavida_dream_replica_adapter(gen_length: int):
+    """:class:`~stages.capture.families.lavida.LavidaDreamAdapter` around :func:`lavida_dream_replica`."""
+    from stages.capture.families.lavida import LavidaDreamAdapter
+
+    tok, codec, common = replica_text(gen_length)
+    return LavidaDreamAdapter(lavida_dream_replica(len(tok)).eval(), codec, **common)
+
+
+def llada_v_replica_adapter(gen_length: int):
+    """:class:`~stages.capture.families.llada_v.LladaVAdapter` around :func:`llada_v_replica`."""
+    from stages.capture.families.llada_v import LladaVAdapter
+
+    tok, codec, common = replica_text(gen_length)
+    return LladaVAdapter(llada_v_replica(len(tok)).eval(), codec, **common)
+
+
+def mmada_replica_adapter(gen_length: int):
+    """:class:`~stages.capture.families.mmada.MMadaAdapter` around :class:`MMadaReplica`."""
+    from stages.capture.families.mmada import MMadaAdapter
+
+    tok, codec, common = replica_text(gen_length)
+    return MMadaAdapter(MMadaReplica(len(tok)).eval(), codec, text_vocab_size=len(tok), **common)
+
+
+def diffusion_gemma_replica_adapter(gen_length: int):
+    """:class:`~stages.capture.families.diffusion_gemma.DiffusionGemmaAdapter` around
+    :func:`diffusion_gemma_replica` (``gen_length`` is its canvas length)."""
+    from stages.capture.families.diffusion_gemma import DiffusionGemmaAdapter
+
+    tok, codec, common = replica_text(gen_length)
+    return DiffusionGemmaAdapter(diffusion_gemma_replica(tok, canvas_length=gen_length), codec, **common)
 
 
 def build_replica(family: str, seed: int = 0, *, gen_length: int = 8):
@@ -441,36 +493,20 @@ def build_replica(family: str, seed: int = 0, *, gen_length: int = 8):
     Parameters
     ----------
     family : str
-        One of :data:`REPLICA_FAMILIES`.
+        A registered family with a replica (:func:`stages.capture.registry.replica_families`).
     seed : int
     gen_length : int
         Response positions (DiffusionGemma: its canvas length).
+
+    Raises
+    ------
+    ValueError
+        If the family is not registered or has no replica.
     """
-    from stages.capture.families import WordCodec
+    from stages.capture.registry import FAMILIES, replica_families, resolve
 
-    if family not in REPLICA_FAMILIES:
-        raise ValueError(f"family: no replica of {family!r}; known: {', '.join(REPLICA_FAMILIES)}")
+    entry = FAMILIES.get(family)
+    if entry is None or entry.replica is None:
+        raise ValueError(f"family: no replica of {family!r}; known: {', '.join(replica_families())}")
     torch.manual_seed(seed)
-    tok = replica_tokenizer()
-    codec = WordCodec(tok)
-    forbid = tuple(i for i in sorted(codec.special) if i != tok.eos_id)
-    common = dict(mask_id=tok.mask_id, eos_id=tok.eos_id, gen_length=gen_length, forbid_ids=forbid)
-    if family == "lavida-llada":
-        from stages.capture.families.lavida import LavidaLladaAdapter
-
-        return LavidaLladaAdapter(LavidaLladaReplica(len(tok)).eval(), codec, **common)
-    if family == "lavida-dream":
-        from stages.capture.families.lavida import LavidaDreamAdapter
-
-        return LavidaDreamAdapter(lavida_dream_replica(len(tok)).eval(), codec, **common)
-    if family == "llada-v":
-        from stages.capture.families.llada_v import LladaVAdapter
-
-        return LladaVAdapter(llada_v_replica(len(tok)).eval(), codec, **common)
-    if family == "mmada":
-        from stages.capture.families.mmada import MMadaAdapter
-
-        return MMadaAdapter(MMadaReplica(len(tok)).eval(), codec, text_vocab_size=len(tok), **common)
-    from stages.capture.families.diffusion_gemma import DiffusionGemmaAdapter
-
-    return DiffusionGemmaAdapter(diffusion_gemma_replica(tok, canvas_length=gen_length), codec, **common)
+    return entry.checked(resolve(entry.replica)(gen_length))

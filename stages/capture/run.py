@@ -59,15 +59,11 @@ def input_digest(image: bytes, prompt: str | None, *, model: str, config: dict) 
 
 def model_digest(spec: str) -> str:
     """Digest of a model's weights and config: their bytes up to 100 MB, beyond that sizes and times."""
-    from stages.capture.registry import parse_model_spec
+    from stages.capture.registry import checkpoint_path
 
-    family, path = parse_model_spec(spec)
-    if family == "toy" and path is None:
-        from stages.toy.model import BUNDLED_WEIGHTS
-
-        path = str(BUNDLED_WEIGHTS)
-    p = Path(path)
-    if not p.exists():
+    path = checkpoint_path(spec)
+    p = Path(path) if path is not None else None
+    if p is None or not p.exists():
         return digest_json(spec)
     files = sorted(f for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file())
     if p.is_dir() and sum(f.stat().st_size for f in files) < 100 * 2**20:

@@ -15,6 +15,7 @@ class ToyAdapter(ModelAdapter):
     """LLaDA-V-like single view: a 12x12 grid, no base view, no newline tokens, no pooling."""
 
     family = "toy"
+    batched_prompts = True  # lm_forward takes a batch of prompt embeddings of one length
 
     def __init__(self, model):
         super().__init__(model)
@@ -75,3 +76,8 @@ class ToyAdapter(ModelAdapter):
     def word_groups(self, ids: Sequence[int]) -> list[tuple[str, list[int]]]:
         special = set(self.tokenizer.special_ids)
         return [(self.tokenizer.vocab[i], [p]) for p, i in enumerate(ids) if i not in special]
+
+
+def load_toy(path: str | None, device: str) -> ToyAdapter:
+    """The registry's loader: the toy's weights at ``path`` (None: the bundled ones) on ``device``."""
+    return ToyAdapter.load(path, device=device)

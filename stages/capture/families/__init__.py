@@ -113,6 +113,17 @@ def token_ids(family: str, tokenizer, tokens: Sequence[str]) -> tuple[int, ...]:
     return tuple(int(vocab[t]) for t in tokens)
 
 
+#: LLaDA's mask and end-of-text ids (LLaDA's generate.py, LaViDa's llava_llada.py); the LLaDA trunks of
+#: LaViDa-LLaDA, LLaDA-V and MMaDA share them.
+LLADA_MASK_ID, LLADA_EOS_ID = 126336, 126081
+
+
+def llada_stop_ids(family: str, tokenizer) -> tuple[int, ...]:
+    """Where a LLaDA response ends: end-of-text and ``<|eot_id|>`` (126348; LLaDA-V's loop stops there). The
+    tokenizer marks ``<|eot_id|>`` special without listing it among its special tokens, so it is looked up."""
+    return (LLADA_EOS_ID, *token_ids(family, tokenizer, ("<|eot_id|>",)))
+
+
 def require_path(family: str, path: str | None) -> Path:
     """The checkpoint directory, or one line naming what is missing."""
     if not path:

@@ -67,6 +67,9 @@ class DiffusionGemmaAdapter(ModelAdapter):
     default_mode = "prefix-cache"
     sampler = "uniform-noise"
     default_steps = 48  # max_denoising_steps of generate()'s defaults
+    # Every step reads the previous step's logits (self-conditioning), which the capture store does not keep:
+    # a word's score cannot be recomputed on a perturbed image at the same state.
+    replayable = False
 
     def __init__(self, model, codec, *, mask_id: int, eos_id: int, gen_length: int | None = None, forbid_ids=(),
                  image_size: int = 48, processor=None, default_prompt: str = REPLICA_PROMPT):

@@ -17,8 +17,17 @@ from typing import Any
 
 from schemas.errors import DcamError
 from stages.capture.adapter import Prepared
-from stages.capture.families import HFCodec, reported_weights, require_llava, require_module, require_path
-from stages.capture.families.lavida import LLADA_EOS_ID, LLADA_MASK_ID, HFTrunkAdapter, _llava_prompt, llada_stop_ids
+from stages.capture.families import (
+    LLADA_EOS_ID,
+    LLADA_MASK_ID,
+    HFCodec,
+    llada_stop_ids,
+    reported_weights,
+    require_llava,
+    require_module,
+    require_path,
+)
+from stages.capture.families.llava_next import HFTrunkAdapter, llava_prompt_builder
 
 
 class LladaVAdapter(HFTrunkAdapter):
@@ -66,7 +75,7 @@ def load_llada_v(path: str | None, device: str, *, gen_length: int = 64) -> Llad
         model, HFCodec(tokenizer, llada_stop_ids("llada-v", tokenizer)), mask_id=mask_id,
         eos_id=tokenizer.eos_token_id, gen_length=gen_length,
         # generate_with_embeds bans these four at masked positions (EOS included: it stops on strings)
-        forbid_ids=(mask_id, LLADA_EOS_ID, 126080, 126346, 126347), prompt_ids=_llava_prompt(tokenizer, "llava_llada"),
+        forbid_ids=(mask_id, LLADA_EOS_ID, 126080, 126346, 126347), prompt_ids=llava_prompt_builder(tokenizer, "llava_llada"),
         default_prompt="Please describe the image in detail.",  # generate_demo.py
     )
 

@@ -27,9 +27,11 @@ from schemas.errors import DcamError
 from schemas.span import SpanLayout
 from stages.capture.adapter import ModelAdapter, Prepared
 from stages.capture.families import (
+    LLADA_MASK_ID,
     REPLICA_PROMPT,
     HFCodec,
     check_loading_info,
+    llada_stop_ids,
     load_hf_tokenizer,
     require_module,
     require_path,
@@ -194,8 +196,6 @@ def load_mmada(path: str | None, device: str, *, gen_length: int = 64) -> MMadaA
             with torch.no_grad():
                 return vq.get_code((x - 0.5) / 0.5)[0].cpu().numpy()
 
-    from stages.capture.families.lavida import llada_stop_ids
-
     text_tok = uni.text_tokenizer
     codec = HFCodec(text_tok, llada_stop_ids("mmada", text_tok))
     specials = {t: int(uni.sptids_dict[t][0]) for t in SPECIALS}
@@ -205,7 +205,7 @@ def load_mmada(path: str | None, device: str, *, gen_length: int = 64) -> MMadaA
         return list(text_tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True))
 
     return MMadaAdapter(
-        model, codec, text_vocab_size=len(text_tok), mask_id=126336, eos_id=text_tok.eos_token_id,
-        gen_length=gen_length, forbid_ids=(126336,), quantizer=_MagvitCodes(), grid=grid, special_ids=specials,
+        model, codec, text_vocab_size=len(text_tok), mask_id=LLADA_MASK_ID, eos_id=text_tok.eos_token_id,
+        gen_length=gen_length, forbid_ids=(LLADA_MASK_ID,), quantizer=_MagvitCodes(), grid=grid, special_ids=specials,
         prompt_ids=prompt_ids, default_prompt="Please describe this image in detail.",
     )
