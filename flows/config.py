@@ -231,7 +231,7 @@ def check_chains(cfg: RunConfig, where: str) -> None:
         Naming the chain and the unknown name (and the known ones).
     """
     from flows.pipeline import resolve_chains
-    from stages.basemaps.methods import get_base_method
+    from stages.basemaps import get_base_method
     from stages.refine.chain import get_module
 
     try:

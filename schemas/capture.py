@@ -40,8 +40,9 @@ from schemas.verify import IntegrityError, mismatch
 KIND = "capture"
 SCHEMA_VERSION = ARTIFACT_SCHEMA_VERSIONS[KIND]
 
-#: Per-layer arrays; the first axis of everything but ``acts`` is the attribution row.
-LAYER_ARRAYS = ("acts", "alpha", "alpha_pos", "gxa", "gnorm", "grads")
+#: What stores written before the capture stage version 1.2 hold per layer besides ``acts`` (their samples
+#: have no ``reductions`` attribute); ``grads`` only where they were captured with --store-grads.
+LEGACY_REDUCTIONS = ("alpha", "alpha_pos", "gxa", "gnorm")
 #: Sample attributes left out of its digest: they describe the run, not the content.
 VOLATILE_ATTRS = ("timings", "image_path")
 #: Sample attributes that record its digests (and so are not part of them).
@@ -92,6 +93,16 @@ class CaptureSample:
     @property
     def layers(self) -> list[int]:
         return list(self.attrs.get("layers", []))
+
+    @property
+    def reductions(self) -> list[str]:
+        """The gradient reductions stored per layer (``L<layer>/<name>``, first axis the attribution row; the
+        names of :data:`stages.basemaps.REDUCTIONS`, ``grads`` with --store-grads)."""
+        if "reductions" in self.attrs:
+            return list(self.attrs["reductions"])
+        layer = self.layers[0] if self.layers else None
+        held = [*LEGACY_REDUCTIONS, "grads"]
+        return [n for n in held if layer is not None and self.has(n, layer)]
 
     def array(self, name: str, layer: int | None = None) -> np.ndarray:
         """Read one array into memory (``layer`` for the per-layer arrays), checked against its digest.

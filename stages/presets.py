@@ -23,7 +23,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from stages.basemaps.methods import get_base_method
+from stages.basemaps import get_base_method
 from stages.refine import MapContext, check_profile
 from stages.refine.chain import apply_chain, get_module
 
@@ -130,7 +130,7 @@ def apply_preset(
         A chain spec (:class:`stages.explain.runner.ChainSpec`, same fields) applies the same way.
     arrays : mapping of str to ndarray
         Stored arrays (``acts``, ``alpha``, ``alpha_pos``, ``gxa``, ``tam_logits``, ...),
-        see :mod:`stages.basemaps.methods`.
+        see :mod:`stages.basemaps`.
     grid : tuple of int (h, w)
     contexts : MapContext, sequence of T MapContext, or None
         One per target map, or one shared.

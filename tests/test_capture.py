@@ -9,7 +9,8 @@ import torch
 
 from schemas.capture import CaptureStore
 from schemas.errors import DcamError, SchemaVersionError
-from stages.capture.core import CaptureConfig, capture_sample, resolve_layers
+from stages.capture.config import resolve_layers
+from stages.capture.core import CaptureConfig, capture_sample
 from stages.capture.hooks import BlockRecorder
 from stages.capture.run import capture_dataset
 from stages.capture.targets import build_targets

@@ -115,13 +115,17 @@ def test_registry_declares_needs_and_returns_float32_stacks():
         "gxa": np.array([[1.0, 2.0, 3.0, 4.0]]),
         "tam_logits": np.array([[-1.0, 2.0, 3.0, 4.0]]),
         "gnorm": np.array([[0.5, 0.0, 2.0, 1.0]]),
+        "alpha_pp": np.array([[0.0, 1.0]]),
     }
-    assert set(BASE_METHODS) == {"gradcam", "diffusion-cam-base", "llava-cam", "grad-x-act", "grad-norm", "tam"}
+    assert set(BASE_METHODS) == {"gradcam", "gradcam-pp", "diffusion-cam-base", "llava-cam", "grad-x-act", "grad-norm",
+                                 "tam"}
     for name, method in BASE_METHODS.items():
         out = method(arrays, (2, 2))
         assert out.shape == (1, 2, 2) and out.dtype == np.float32, name
     np.testing.assert_allclose(BASE_METHODS["gradcam"](arrays, (2, 2)), [[[0.0, 2.0], [3.0, 0.0]]])
     np.testing.assert_array_equal(BASE_METHODS["grad-norm"](arrays, (2, 2)), [[[0.5, 0.0], [2.0, 1.0]]])  # row-major grid
+    np.testing.assert_array_equal(BASE_METHODS["gradcam-pp"](arrays, (2, 2)), [[[-1.0, 0.0], [3.0, 1.0]]])  # A[:, 1]
+    assert [r.name for r in get_base_method("llava-cam").reductions] == ["alpha_pos"]
     method = get_base_method("tam")
     assert method.needs == ("tam_logits",)
     assert method.missing({"acts": ACTS}) == ["tam_logits"]

@@ -16,7 +16,7 @@ from stages.capture.targets import Target
 from stages.capture.toy_adapter import ToyAdapter
 from stages.explain.basemap import sample_base_maps
 from stages.explain.select import selection_rows
-from stages.basemaps.methods import BASE_METHODS
+from stages.basemaps import BASE_METHODS
 from stages.toy.model import ToyConfig, ToyDMLLM
 
 GEN, STEPS = 8, 6

@@ -25,7 +25,7 @@ from schemas.lock import exclusive, store_lock_path
 from schemas.manifest import InputRef, SampleStatus, StageManifest, digest_files, digest_json, read_manifest
 from stages.capture.core import CaptureConfig, capture_sample
 
-STAGE_VERSION = "1.1"  # 1.1: gnorm recorded
+STAGE_VERSION = "1.2"  # 1.1: gnorm recorded; 1.2: the stored gradient reductions are configured (config.reductions)
 
 
 def _read_bytes(path: str) -> bytes:

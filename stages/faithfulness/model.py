@@ -127,14 +127,22 @@ class PerturbationScorer:
 
 
 def attribution_arrays(adapter: ModelAdapter, image: np.ndarray, state: np.ndarray, targets: Sequence[Target],
-                       *, layer: int, mode: str, prompt: str | None) -> dict[str, np.ndarray]:
+                       *, layer: int, mode: str, prompt: str | None,
+                       reductions: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     """The stored capture arrays of one attribution row, recomputed in memory with the adapter's current weights.
 
-    The same quantities :mod:`stages.capture.core` stores (``acts`` (N, D), ``alpha`` and ``alpha_pos`` (T, D),
-    ``gxa`` and ``gnorm`` (T, N), ``tam_logits`` (T, N), grid order), so every base method and chain applies to them; the
+    The same quantities :mod:`stages.capture.core` stores (``acts`` (N, D), ``tam_logits`` (T, N) and the
+    gradient reductions, grid order), each reduction by its registered function
+    (:data:`stages.basemaps.REDUCTIONS`), so every base method and chain applies to them; the
     model-randomisation check uses it to compare a randomised model's maps with the trained model's at the same
     token state and targets (Adebayo et al. 2018 keep input and target fixed).
+
+    Parameters
+    ----------
+    reductions : sequence of str, optional
+        Names of the reductions to compute; default: every registered base method's (not the full gradient).
     """
+    from stages.basemaps import default_reductions, get_reduction
     from stages.capture.hooks import BlockRecorder
 
     device = _device(adapter)
@@ -152,10 +160,9 @@ def attribution_arrays(adapter: ModelAdapter, image: np.ndarray, state: np.ndarr
                              for i in range(len(targets))])
     a = hidden[0, grid_abs].detach().float()
     g = grads[:, 0, grid_abs].float()
-    out: dict[str, Any] = {
-        "acts": a, "alpha": g.mean(1), "alpha_pos": g.clamp(min=0).mean(1), "gxa": (g * a).sum(-1), "gnorm": g.norm(dim=-1),
-        "tam_logits": logits[0, grid_abs][:, class_ids].detach().float().T,
-    }
+    out: dict[str, Any] = {"acts": a, "tam_logits": logits[0, grid_abs][:, class_ids].detach().float().T}
+    for name in default_reductions() if reductions is None else reductions:
+        out[name] = get_reduction(name)(g, a)
     return {k: v.cpu().numpy() for k, v in out.items()}
 
 
