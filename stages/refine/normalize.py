@@ -68,7 +68,8 @@ def min_max(cam, *, denominator: str = "range", eps: float = 1e-8) -> np.ndarray
     hi = cam.max(axis=(-2, -1), keepdims=True)
     if denominator == "max":
         return (cam - lo) / (hi + eps)
-    return np.where(hi > lo, (cam - lo) / (hi - lo + eps), cam)
+    with np.errstate(divide="ignore", invalid="ignore"):  # flat maps: the branch np.where discards
+        return np.where(hi > lo, (cam - lo) / (hi - lo + eps), cam)
 
 
 def divide_by_max(cam) -> np.ndarray:
