@@ -26,7 +26,7 @@ def capture(
     score: str = typer.Option("logit", "--score", help="logit: each word's token logit at its position (paper intent); contrastive: the official code's vocabulary-sum of token 2 minus token 1."),
     limit: int = typer.Option(None, "--limit", help="Capture only the first N samples."),
     store_grads: bool = typer.Option(False, "--store-grads", help="Also store full per-position gradients (T x N x D per step; large)."),
-    methods: str = typer.Option(None, "--methods", help="Base methods the capture is for, comma-separated (see 'dcam explain --list'); it stores the gradient reductions they declare (their union). Default: every registered method's. --store-grads keeps the full gradient, from which any method's can be derived later."),
+    methods: str = typer.Option(None, "--methods", help="Base methods the capture is for, comma-separated (a chain's base, e.g. gradcam,diffusion-cam-base; 'dcam presets' shows each preset's; an unknown name lists them all); it stores the gradient reductions they declare (their union). Default: every registered method's. --store-grads keeps the full gradient, from which any method's can be derived later."),
     record: str = typer.Option("unmask-step", "--record", help="unmask-step: each target's gradients at the step it was unmasked only (what the unmask-step selection policy reads; several times cheaper); all: every step for every target (any policy)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing capture store at --out first."),
     allow_outside_paths: bool = typer.Option(False, "--allow-outside-paths", help="Read images the annotations place outside the dataset folder (absolute, or with ..); refused per sample otherwise."),
