@@ -40,9 +40,6 @@ from schemas.verify import IntegrityError, mismatch
 KIND = "capture"
 SCHEMA_VERSION = ARTIFACT_SCHEMA_VERSIONS[KIND]
 
-#: What stores written before the capture stage version 1.2 hold per layer besides ``acts`` (their samples
-#: have no ``reductions`` attribute); ``grads`` only where they were captured with --store-grads.
-LEGACY_REDUCTIONS = ("alpha", "alpha_pos", "gxa", "gnorm")
 #: Sample attributes left out of its digest: they describe the run, not the content.
 VOLATILE_ATTRS = ("timings", "image_path")
 #: Sample attributes that record its digests (and so are not part of them).
@@ -100,9 +97,10 @@ class CaptureSample:
         names of :data:`stages.basemaps.REDUCTIONS`, ``grads`` with --store-grads)."""
         if "reductions" in self.attrs:
             return list(self.attrs["reductions"])
-        layer = self.layers[0] if self.layers else None
-        held = [*LEGACY_REDUCTIONS, "grads"]
-        return [n for n in held if layer is not None and self.has(n, layer)]
+        if not self.layers:  # a failed sample
+            return []
+        # written before capture stage 1.2 recorded them: every per-layer array but the activations
+        return sorted(name for name, _ in self.group[f"L{self.layers[0]}"].arrays() if name != "acts")
 
     def array(self, name: str, layer: int | None = None) -> np.ndarray:
         """Read one array into memory (``layer`` for the per-layer arrays), checked against its digest.

@@ -158,3 +158,12 @@ def test_a_run_captures_the_reductions_of_its_chains_and_its_store_is_keyed_by_t
     assert pipeline.capture_config_dict(official, "x")["reductions"] == ["alpha", "alpha_pos"]
     assert pipeline.capture_path(plain, "x") != pipeline.capture_path(official, "x")
     assert pipeline.capture_path(official, "x") == pipeline.capture_path(run_config(["llava-cam", "gradcam"]), "x")
+
+
+def test_a_sample_written_before_reductions_were_recorded_lists_its_arrays(toy_adapter, toy_image, tmp_path):
+    config = CaptureConfig(layers=(1,), steps=STEPS, block_length=GEN, reductions=("alpha", "gxa"), store_grads=True)
+    cap = capture_sample(toy_adapter, toy_image, config, sample_id="s")
+    assert cap.attrs.pop("reductions") == ["alpha", "gxa", "grads"]
+    store = CaptureStore.create(tmp_path / "old", config={})
+    store.write_sample("s", arrays=cap.arrays, layer_arrays=cap.layer_arrays, attrs=cap.attrs)
+    assert CaptureStore.open(tmp_path / "old").sample("s").reductions == ["alpha", "grads", "gxa"]
