@@ -24,7 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stages.capture.core import CaptureConfig, capture_sample, family_config  # noqa: E402
+from stages.capture.config import family_config  # noqa: E402
+from stages.capture.core import CaptureConfig, capture_sample  # noqa: E402
 from stages.capture.registry import replica_families  # noqa: E402
 from stages.capture.replicas import build_replica  # noqa: E402
 from stages.dmllm.sampler import masked_diffusion_sample  # noqa: E402

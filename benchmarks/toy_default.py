@@ -21,7 +21,7 @@ patches ``patch_labels`` gives to that object). Shown separately for shape words
 is the mean share of the grid the named object covers. ``A`` (N, D) are the image-token hidden states after the
 block, ``G`` (N, D) the gradient of the word's **log-probability** at its position with respect to them;
 ``alpha = G.mean(0)``, ``alpha_pos = relu(G).mean(0)``, ``gxa = (G * A).sum(-1)`` (as the capture stage stores
-them), and the maps are computed by the stage functions of :mod:`stages.basemaps.methods`:
+them), and the maps are computed by the stage functions of :mod:`stages.basemaps`:
 
 * ``diffusion-cam-base``: ``diffusion_cam_base(A, alpha_pos, normalize=False)``, ``mean_c ReLU(alpha_pos_c A_c)``;
 * ``gradcam``: ``grad_cam_from_weights(A, alpha)``, signed ``A @ alpha``;
@@ -114,7 +114,7 @@ def block_maps(a, g, grid) -> dict:
     """The per-block maps of the module docstring from ``A`` (N, D) and ``G`` (N, D), as (h, w) arrays."""
     import numpy as np
 
-    from stages.basemaps.methods import diffusion_cam_base, grad_cam_from_weights, grad_x_act, llava_cam
+    from stages.basemaps import diffusion_cam_base, grad_cam_from_weights, grad_x_act, llava_cam
 
     alpha = g.mean(0, dtype=np.float64).astype(np.float32)[None]
     alpha_pos = np.maximum(g, 0).mean(0, dtype=np.float64).astype(np.float32)[None]
@@ -161,7 +161,7 @@ def main() -> None:
     import torch
 
     from stages.faithfulness.perturb import baseline_image, cell_index_image, compose, occlusion_map, occlusion_windows
-    from stages.basemaps.methods import tam_map
+    from stages.basemaps import tam_map
     from stages.synth import render_scene
     from stages.toy.model import ToyDMLLM
     from stages.toy.train import answer_ids, patch_labels

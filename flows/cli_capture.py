@@ -26,6 +26,7 @@ def capture(
     score: str = typer.Option("logit", "--score", help="logit: each word's token logit at its position (paper intent); contrastive: the official code's vocabulary-sum of token 2 minus token 1."),
     limit: int = typer.Option(None, "--limit", help="Capture only the first N samples."),
     store_grads: bool = typer.Option(False, "--store-grads", help="Also store full per-position gradients (T x N x D per step; large)."),
+    methods: str = typer.Option(None, "--methods", help="Base methods the capture is for, comma-separated (a chain's base, e.g. gradcam,diffusion-cam-base; 'dcam presets' shows each preset's; an unknown name lists them all); it stores the gradient reductions they declare (their union). Default: every registered method's. --store-grads keeps the full gradient, from which any method's can be derived later."),
     record: str = typer.Option("unmask-step", "--record", help="unmask-step: each target's gradients at the step it was unmasked only (what the unmask-step selection policy reads; several times cheaper); all: every step for every target (any policy)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing capture store at --out first."),
     allow_outside_paths: bool = typer.Option(False, "--allow-outside-paths", help="Read images the annotations place outside the dataset folder (absolute, or with ..); refused per sample otherwise."),
@@ -35,7 +36,9 @@ def capture(
     Per sample and step: the token state, the positions unmasked and their confidences, whether each hooked
     forward contains the whole image span (feasibility); for attribution steps and the hooked layers: image-span
     activations (fp16) and, per target (each generated word and the whole response), Grad-CAM channel weights,
-    positive-gradient channel weights, per-position gradient x activation and the model's own logits (TAM).
+    the gradient reductions the base methods of --methods declare (Grad-CAM and Grad-CAM++ channel weights,
+    positive-gradient channel weights, per-position gradient x activation and gradient norm) and the model's own
+    logits (TAM).
     --record unmask-step (default) keeps a target's gradients at its unmask step only; --record all at every step.
     Exit status: 0 if every sample was captured, 3 if some failed (reasons in 'dcam inspect').
     """
@@ -56,19 +59,23 @@ def capture(
 
     parse_model_spec(model)  # fail fast, before torch is imported
     layer_list = parse_int_list(layers, "--layers")
+    method_list = None if methods is None else [m.strip() for m in methods.split(",") if m.strip()]
+    from stages.capture.config import method_reductions
+
+    method_reductions(method_list)  # an unknown method fails before the data and model are loaded
     from stages.ingest.loaders import load_dataset
 
     samples, rejected = load_dataset(data, limit=limit)  # the progress total: every sample reports once
 
     from flows.progress import progress_bar
-    from stages.capture.core import family_config
+    from stages.capture.config import family_config
     from stages.capture.registry import load_adapter
     from stages.capture.run import capture_dataset
 
     adapter = load_adapter(model, device=device)
     config = family_config(adapter, layers=layer_list, steps=steps, block_length=block_length, mode=mode,
                            temperature=temperature, schedule=schedule, remasking=remasking, top_p=top_p, seed=seed,
-                           score=score, store_grads=store_grads, record=record)
+                           score=score, store_grads=store_grads, record=record, methods=method_list)
     counts = {"ok": 0, "failed": 0, "skipped": 0}
     with progress_bar("capture", len(samples) + len(rejected)) as advance:
         def on_sample(sid: str, status: str) -> None:
@@ -81,7 +88,7 @@ def capture(
     typer.echo(
         f"captured {manifest.n_ok} samples, {manifest.n_failed} failed ({counts['skipped']} already complete) "
         f"-> {out}  [{config.mode}, layers {list(config.layers)}, {config.steps} steps ({config.schedule}), "
-        f"record {config.record}]"
+        f"record {config.record}; reductions {', '.join(r.name for r in config.stored_reductions())}]"
     )
     for s in manifest.failed()[:5]:
         typer.echo(f"  failed {s.sample_id}: {s.reason}")

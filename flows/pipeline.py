@@ -19,9 +19,9 @@ from schemas.errors import DcamError
 from schemas.lock import exclusive, store_lock_path
 from schemas.storage import ArtifactRoot
 from stages.catalog import artifact_dir, artifact_key, dataset_digest, is_done, materialize
+from stages.capture import STAGE_VERSION as CAPTURE_VERSION
 from stages.chain import Chain
 
-CAPTURE_STAGE_VERSION = "1.1"  # 1.1: gnorm (gradient norm per token) recorded
 
 
 # ------------------------------------------------------------------------------------------- root
@@ -109,24 +109,30 @@ def device_lock(device: str):
         yield
 
 
+def capture_methods(cfg: RunConfig) -> list[str]:
+    """The base methods of the run's chains, sorted: the capture stores the gradient reductions they declare."""
+    return sorted({c.base for c in resolve_chains(cfg)})
+
+
 def capture_config_dict(cfg: RunConfig, dataset: str) -> dict[str, Any]:
+    from stages.capture.config import method_reductions
     from stages.capture.run import model_digest  # imports torch
 
     c = cfg.capture.model_dump()
     c.pop("device")  # results do not depend on the device (up to kernel numerics)
-    return {"capture": c, "limit": cfg.dataset.limit, "dataset_digest": dataset_digest(dataset),
-            "model_digest": model_digest(cfg.capture.model)}
+    return {"capture": c, "reductions": list(method_reductions(capture_methods(cfg))), "limit": cfg.dataset.limit,
+            "dataset_digest": dataset_digest(dataset), "model_digest": model_digest(cfg.capture.model)}
 
 
 def capture_path(cfg: RunConfig, dataset: str) -> Path:
-    key = artifact_key("capture", CAPTURE_STAGE_VERSION, capture_config_dict(cfg, dataset), {})
+    key = artifact_key("capture", CAPTURE_VERSION, capture_config_dict(cfg, dataset), {})
     return artifact_dir(artifact_root(cfg).local, "capture", key)
 
 
 def capture_shard(cfg: RunConfig, dataset: str, shard: list[str]) -> dict[str, Any]:
     """Capture one shard of samples into the run's store (skips samples already complete)."""
     from schemas.capture import CaptureStore
-    from stages.capture.core import family_config
+    from stages.capture.config import family_config
     from stages.capture.registry import load_adapter
     from stages.capture.run import capture_dataset
 
@@ -144,7 +150,8 @@ def capture_shard(cfg: RunConfig, dataset: str, shard: list[str]) -> dict[str, A
         config = family_config(adapter, layers=c.layers, steps=c.steps, block_length=c.block_length, mode=c.mode,
                                # a temperature the run config does not set is the family's (LaViDa: 0.1)
                                temperature=c.temperature if "temperature" in c.model_fields_set else None,
-                               seed=c.seed, score=c.score, store_grads=c.store_grads, record=c.record)
+                               seed=c.seed, score=c.score, store_grads=c.store_grads, record=c.record,
+                               methods=capture_methods(cfg))
         capture_dataset(dataset, store, adapter=adapter, model_spec=c.model, config=config, limit=cfg.dataset.limit,
                         sample_ids=shard, finalize_store=False, lock_wait=math.inf)  # shards of one run take turns
     return {"store": str(store), "status": "computed", "shard": len(shard), "seconds": time.perf_counter() - t0}

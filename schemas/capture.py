@@ -40,8 +40,6 @@ from schemas.verify import IntegrityError, mismatch
 KIND = "capture"
 SCHEMA_VERSION = ARTIFACT_SCHEMA_VERSIONS[KIND]
 
-#: Per-layer arrays; the first axis of everything but ``acts`` is the attribution row.
-LAYER_ARRAYS = ("acts", "alpha", "alpha_pos", "gxa", "gnorm", "grads")
 #: Sample attributes left out of its digest: they describe the run, not the content.
 VOLATILE_ATTRS = ("timings", "image_path")
 #: Sample attributes that record its digests (and so are not part of them).
@@ -92,6 +90,17 @@ class CaptureSample:
     @property
     def layers(self) -> list[int]:
         return list(self.attrs.get("layers", []))
+
+    @property
+    def reductions(self) -> list[str]:
+        """The gradient reductions stored per layer (``L<layer>/<name>``, first axis the attribution row; the
+        names of :data:`stages.basemaps.REDUCTIONS`, ``grads`` with --store-grads)."""
+        if "reductions" in self.attrs:
+            return list(self.attrs["reductions"])
+        if not self.layers:  # a failed sample
+            return []
+        # written before capture stage 1.2 recorded them: every per-layer array but the activations
+        return sorted(name for name, _ in self.group[f"L{self.layers[0]}"].arrays() if name != "acts")
 
     def array(self, name: str, layer: int | None = None) -> np.ndarray:
         """Read one array into memory (``layer`` for the per-layer arrays), checked against its digest.

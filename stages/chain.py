@@ -75,10 +75,13 @@ class Chain(BaseModel):
         from stages.refine import check_profile
         from stages.refine.chain import get_module
 
-        get_base_method(self.base)
-        for module in self.modules:
-            get_module(module)
-        check_profile(self.profile)
+        try:
+            get_base_method(self.base)
+            for module in self.modules:
+                get_module(module)
+            check_profile(self.profile)
+        except ValueError as e:
+            raise ValueError(f"chain {self.name!r}: {e}") from None
         stray = sorted(set(self.params) - set(self.modules))
         if stray:
             raise ValueError(f"chain {self.name!r}: parameters given for modules it does not run: {stray}")
@@ -126,9 +129,11 @@ class Chain(BaseModel):
 
 def apply_threshold(maps: np.ndarray, threshold: float | None) -> np.ndarray:
     """Zero every value below ``threshold`` (the official baseline's 0.4, LLaVA-CAM's 0.5); float32."""
+    from stages.refine.normalize import zero_below
+
     maps = np.asarray(maps)
     if threshold is not None:
-        maps = np.where(maps < threshold, maps.dtype.type(0), maps)
+        maps = zero_below(maps, threshold)
     return maps.astype(np.float32, copy=False)
 
 

@@ -29,10 +29,10 @@ from typing import Any, Callable, Sequence
 from schemas.errors import DcamError
 from schemas.manifest import StageManifest
 from schemas.storage import ArtifactRoot, as_root
+from stages.capture import STAGE_VERSION as CAPTURE_VERSION
 from stages.catalog import StageResult, capture_digest, dataset_digest, lookup, materialize, write_run_record
 from stages.chain import Chain
 
-CAPTURE_VERSION = "1.1"  # 1.1: gnorm (gradient norm per token) recorded
 MERGE_VERSION = "1.0"
 
 

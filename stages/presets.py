@@ -58,6 +58,10 @@ PRESETS: dict[str, Chain] = {
             summary="TAM: class logit clipped at 0, min-max (image only), rank Gaussian filter k=3",
         ),
         _preset(
+            "gradcam-pp", "gradcam-pp", ("normalize",), "reference", {"relu": True},
+            summary="Grad-CAM++: ReLU(sum_d w_d A_d), w_d = sum_n a_nd ReLU(grad)_nd (Chattopadhay et al.), min-max",
+        ),
+        _preset(
             "grad-norm", "grad-norm", ("normalize",), "reference",
             summary="gradient norm per token, min-max normalised: a base map not dominated by token norm (not a CAM)",
         ),

@@ -9,7 +9,8 @@ import torch
 
 from schemas.capture import CaptureStore
 from schemas.errors import DcamError, SchemaVersionError
-from stages.capture.core import CaptureConfig, capture_sample, resolve_layers
+from stages.capture.config import resolve_layers
+from stages.capture.core import CaptureConfig, capture_sample
 from stages.capture.hooks import BlockRecorder
 from stages.capture.run import capture_dataset
 from stages.capture.targets import build_targets
@@ -240,11 +241,24 @@ def test_cli_capture_then_inspect(tiny_model_dir, dataset, tmp_path, capsys):
         assert s["targets"][-1] == s["generated_text"]
 
 
+def test_cli_capture_stores_the_reductions_its_methods_declare(tiny_model_dir, dataset, tmp_path, capsys):
+    out = tmp_path / "store"
+    assert run_cli(["capture", "--data", str(dataset), "--model", f"toy:{tiny_model_dir}", "--out", str(out),
+                    "--steps", str(STEPS), "--limit", "1", "--methods", "gradcam-pp,tam"]) == 0
+    assert "reductions alpha_pp]" in capsys.readouterr().out
+    store = CaptureStore.open(out)
+    assert store.config["reductions"] == ["alpha_pp"] and store.config["store_grads"] is False
+    sample = next(store.samples(ok_only=True))
+    assert sample.reductions == ["alpha_pp"]
+    assert sorted(name for name, _ in sample.group["L1"].arrays()) == ["acts", "alpha_pp"]
+
+
 @pytest.mark.parametrize("args,msg", [
     (["--layers", "2"], "last block"),
     (["--mode", "sideways"], "--mode"),
     (["--model", "nosuch"], "unknown family"),
     (["--block-length", "3"], "block_length"),
+    (["--methods", "gradcam,scorecam"], "--methods: unknown base method 'scorecam'"),
 ])
 def test_cli_capture_errors(tiny_model_dir, dataset, tmp_path, capsys, args, msg):
     base = ["capture", "--data", str(dataset), "--model", f"toy:{tiny_model_dir}", "--out", str(tmp_path / "s")]

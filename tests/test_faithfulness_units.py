@@ -235,7 +235,8 @@ def test_perturbation_scores_reproduce_the_captured_attribution_scores(family):
     """The faithfulness stage scores a word exactly as its attribution row: same token state, same score, same
     forward (prefix-cache families through the Prefix-DLM mask), for every family's replica in its default mode;
     and its in-memory attribution arrays equal the captured ones."""
-    from stages.capture.core import capture_sample, family_config
+    from stages.capture.config import family_config
+    from stages.capture.core import capture_sample
     from stages.capture.replicas import build_replica
     from stages.faithfulness.stage import _targets
 

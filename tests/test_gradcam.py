@@ -15,10 +15,12 @@ from stages.basemaps import (
     get_base_method,
     grad_cam,
     grad_cam_from_weights,
+    grad_cam_pp,
     grad_x_act,
     llava_cam,
     tam_map,
 )
+from stages.basemaps.gradcam_pp import ALPHA_PP
 
 # Four grid tokens on a 2 x 2 grid, two channels.
 ACTS = np.array([[1.0, -1.0], [2.0, 0.0], [0.0, 3.0], [-1.0, 1.0]])
@@ -115,13 +117,17 @@ def test_registry_declares_needs_and_returns_float32_stacks():
         "gxa": np.array([[1.0, 2.0, 3.0, 4.0]]),
         "tam_logits": np.array([[-1.0, 2.0, 3.0, 4.0]]),
         "gnorm": np.array([[0.5, 0.0, 2.0, 1.0]]),
+        "alpha_pp": np.array([[0.0, 1.0]]),
     }
-    assert set(BASE_METHODS) == {"gradcam", "diffusion-cam-base", "llava-cam", "grad-x-act", "grad-norm", "tam"}
+    assert set(BASE_METHODS) == {"gradcam", "gradcam-pp", "diffusion-cam-base", "llava-cam", "grad-x-act", "grad-norm",
+                                 "tam"}
     for name, method in BASE_METHODS.items():
         out = method(arrays, (2, 2))
         assert out.shape == (1, 2, 2) and out.dtype == np.float32, name
     np.testing.assert_allclose(BASE_METHODS["gradcam"](arrays, (2, 2)), [[[0.0, 2.0], [3.0, 0.0]]])
     np.testing.assert_array_equal(BASE_METHODS["grad-norm"](arrays, (2, 2)), [[[0.5, 0.0], [2.0, 1.0]]])  # row-major grid
+    np.testing.assert_array_equal(BASE_METHODS["gradcam-pp"](arrays, (2, 2)), [[[-1.0, 0.0], [3.0, 1.0]]])  # A[:, 1]
+    assert [r.name for r in get_base_method("llava-cam").reductions] == ["alpha_pos"]
     method = get_base_method("tam")
     assert method.needs == ("tam_logits",)
     assert method.missing({"acts": ACTS}) == ["tam_logits"]
@@ -138,10 +144,10 @@ def _stub(name: str, **attrs) -> types.ModuleType:
 
 
 def _import_pytorch_grad_cam():
-    """Import pytorch-grad-cam (1.5.x) for the parity test.
+    """Import pytorch-grad-cam (1.5.x) for the parity tests: the module ``pytorch_grad_cam`` and the target class.
 
     Its package import pulls in torchvision (PyPI's wheel does not load beside our CPU
-    torch) and scikit-learn (only for NMF / KernelPCA methods this test does not use);
+    torch) and scikit-learn (only for NMF / KernelPCA methods these tests do not use);
     when they fail to import, stub modules with just the names its import needs stand in.
     """
     if importlib.util.find_spec("pytorch_grad_cam") is None:
@@ -163,16 +169,16 @@ def _import_pytorch_grad_cam():
         sys.modules["sklearn"] = _stub("sklearn", decomposition=decomposition)
         sys.modules["sklearn.decomposition"] = decomposition
     try:
-        from pytorch_grad_cam import GradCAM
+        import pytorch_grad_cam
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
     except ImportError as e:
         pytest.skip(f"pytorch-grad-cam cannot be imported: {e}")
-    return GradCAM, ClassifierOutputTarget
+    return pytorch_grad_cam, ClassifierOutputTarget
 
 
-def test_parity_with_pytorch_grad_cam():
-    torch = pytest.importorskip("torch")
-    GradCAM, ClassifierOutputTarget = _import_pytorch_grad_cam()
+def _conv_case(torch, cam_class, target_class):
+    """A small conv net, pytorch-grad-cam's map of class 1 at its second conv layer with ``cam_class``, and that
+    layer's activations and gradient as our (N = H*W tokens, D = C channels), row-major grid."""
     torch.manual_seed(0)
     # "same" padding and no pooling before the target layer: its map has the input's size,
     # so pytorch-grad-cam's resize is the identity and the maps compare at feature resolution.
@@ -188,8 +194,8 @@ def test_parity_with_pytorch_grad_cam():
     layer = model[2]
     x = torch.randn(1, 3, 7, 9)
 
-    with GradCAM(model=model, target_layers=[layer]) as cam:
-        theirs = cam(input_tensor=x, targets=[ClassifierOutputTarget(1)])[0]
+    with cam_class(model=model, target_layers=[layer]) as cam:
+        theirs = cam(input_tensor=x, targets=[target_class(1)])[0]
 
     saved = {}
 
@@ -203,8 +209,45 @@ def test_parity_with_pytorch_grad_cam():
     c = saved["acts"].shape[1]
     acts = saved["acts"][0].detach().numpy().reshape(c, -1).T  # (C, H, W) -> (H*W, C), row-major grid
     grads = saved["grads"][0].numpy().reshape(c, -1).T
-    ours = grad_cam(acts, grads, (7, 9), relu=True)
-    assert ours.max() > 0
-    ours = (ours - ours.min()) / (ours.max() - ours.min())
     assert theirs.shape == (7, 9)
-    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    return theirs, acts, grads
+
+
+def _min_max(cam):
+    assert cam.max() > cam.min()
+    return (cam - cam.min()) / (cam.max() - cam.min())
+
+
+def test_parity_with_pytorch_grad_cam():
+    torch = pytest.importorskip("torch")
+    library, target = _import_pytorch_grad_cam()
+    theirs, acts, grads = _conv_case(torch, library.GradCAM, target)
+    ours = grad_cam(acts, grads, (7, 9), relu=True)
+    np.testing.assert_allclose(_min_max(ours), theirs, atol=1e-5)
+
+
+def test_grad_cam_pp_hand_computed():
+    # A (N=2, D=2), one target's G; S = column sums of A = [4, 2].
+    acts = np.array([[1.0, 2.0], [3.0, 0.0]])
+    grads = np.array([[[1.0, 0.0], [-1.0, 1.0]]])
+    # channel 0: token 0 a = 1 / (2 + 4 * 1) = 1/6, ReLU(1) = 1; token 1 has G < 0, ReLU(G) = 0  -> w0 = 1/6
+    # channel 1: token 0 has G == 0 (a = 0); token 1 a = 1 / (2 + 2 * 1) = 1/4, ReLU(1) = 1         -> w1 = 1/4
+    weights = ALPHA_PP.from_arrays(grads, acts)
+    np.testing.assert_allclose(weights, [[1 / 6, 1 / 4]], rtol=1e-5)
+    assert weights.dtype == np.float32
+    # map = A @ w = [1/6 + 2/4, 3/6]
+    np.testing.assert_allclose(grad_cam_pp(acts, weights, (2, 1)), [[[2 / 3], [1 / 2]]], rtol=1e-5)
+    np.testing.assert_allclose(grad_cam_pp(-acts, weights, (2, 1), relu=True), np.zeros((1, 2, 1)))
+    with pytest.raises(ValueError, match="alpha_pp has 3 channels"):
+        grad_cam_pp(acts, np.zeros((1, 3)), (2, 1))
+
+
+def test_grad_cam_pp_parity_with_pytorch_grad_cam():
+    torch = pytest.importorskip("torch")
+    library, target = _import_pytorch_grad_cam()
+    theirs, acts, grads = _conv_case(torch, library.GradCAMPlusPlus, target)
+    weights = ALPHA_PP.from_arrays(grads[None], acts)
+    ours = get_base_method("gradcam-pp")({"acts": acts, "alpha_pp": weights}, (7, 9), relu=True)[0]
+    np.testing.assert_allclose(_min_max(ours), theirs, atol=1e-5)
+    # Grad-CAM++ weights differ from Grad-CAM's on this net: the parity is not Grad-CAM's by accident
+    assert np.abs(_min_max(ours) - _min_max(grad_cam(acts, grads, (7, 9), relu=True))).max() > 1e-2

@@ -7,33 +7,26 @@ import gc
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from schemas.capture import CaptureStore
 from schemas.errors import DcamError
 from stages.capture.core import CaptureConfig, capture_sample, record_plan
 from stages.capture.targets import Target
-from stages.capture.toy_adapter import ToyAdapter
 from stages.explain.basemap import sample_base_maps
 from stages.explain.select import selection_rows
-from stages.basemaps.methods import BASE_METHODS
-from stages.toy.model import ToyConfig, ToyDMLLM
+from stages.basemaps import BASE_METHODS
 
 GEN, STEPS = 8, 6
 
 
 @pytest.fixture(scope="module")
-def adapter():
-    torch.manual_seed(0)
-    return ToyAdapter(ToyDMLLM(ToyConfig(vision_hidden_size=32, hidden_size=32, intermediate_size=64, num_layers=3,
-                                         num_heads=2, gen_length=GEN)).eval())
+def adapter(toy_adapter):
+    return toy_adapter
 
 
 @pytest.fixture(scope="module")
-def image():
-    from stages.synth import render_scene
-
-    return render_scene(np.random.default_rng(1)).image
+def image(toy_image):
+    return toy_image
 
 
 def _store(tmp_path, name, cap):

@@ -411,7 +411,7 @@ def test_presets():
 
     expected = {
         "diffusion-cam", "diffusion-cam-reference", "gradcam", "llava-cam", "tam", "ablation-baseline",
-        "ablation-akd", "ablation-dacg", "ablation-cba", "ablation-sicd", "ablation-full", "grad-norm",
+        "ablation-akd", "ablation-dacg", "ablation-cba", "ablation-sicd", "ablation-full", "grad-norm", "gradcam-pp",
     }
     assert set(PRESETS) == expected
     assert get_preset("diffusion-cam-reference").modules == tuple(OFFICIAL)

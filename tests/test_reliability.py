@@ -627,8 +627,9 @@ def test_case16_llava_family_loaders_ask_for_safetensors(tmp_path, monkeypatch, 
 @pytest.mark.parametrize("explain, message", [
     ({"presets": ["no-such-preset"]}, "explain: unknown preset 'no-such-preset'"),
     ({"presets": [], "chains": [{"name": "c", "base": "gradcam", "modules": ["akd", "blur"]}]},
-     "chain 'c': unknown module 'blur'; known modules: akd, "),
-    ({"presets": [], "chains": [{"name": "c", "base": "no-cam", "modules": []}]}, "chain 'c': unknown base method"),
+     "explain.chains.0: chain 'c': unknown module 'blur'; known modules: akd, "),
+    ({"presets": [], "chains": [{"name": "c", "base": "no-cam", "modules": []}]},
+     "explain.chains.0: chain 'c': unknown base method"),
 ])
 def test_unknown_chain_names_refused_when_the_config_loads(tmp_path, explain, message):
     import yaml

@@ -102,7 +102,7 @@ def test_the_sampler_follows_the_shift_schedule_per_block():
 
 
 def test_family_defaults_follow_upstream_and_options_override_them():
-    from stages.capture.core import family_config
+    from stages.capture.config import family_config
     from stages.capture.replicas import build_replica
 
     lavida = build_replica("lavida-llada", gen_length=8)

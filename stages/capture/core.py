@@ -51,6 +51,8 @@ import torch
 
 from schemas.errors import DcamError
 from schemas.span import grid_token_index
+from stages.basemaps import default_reductions, get_reduction
+from stages.basemaps.reductions import GRADS, Reduction
 from stages.capture.adapter import ModelAdapter, Prepared
 from stages.capture.hooks import BlockRecorder, frozen_weights
 from stages.capture.targets import Target, build_targets, target_class_ids, target_scores
@@ -80,6 +82,26 @@ class CaptureConfig:
     store_grads: bool = False
     grad_batching: str = "auto"
     record: str = "unmask-step"
+    #: Names of the gradient reductions to store (:mod:`stages.basemaps.reductions`), besides ``grads``
+    #: (``store_grads``); default: those of every registered base method. Kept sorted and unique.
+    reductions: tuple[str, ...] = field(default_factory=default_reductions)
+
+    def __post_init__(self) -> None:
+        names = tuple(sorted(set(self.reductions)))
+        for name in names:
+            if name == GRADS.name:
+                raise DcamError("reductions: the full gradient 'grads' is stored with store_grads (--store-grads), "
+                                "not listed as a reduction")
+            try:
+                get_reduction(name)
+            except ValueError as e:
+                raise DcamError(f"reductions: {e}") from None
+        object.__setattr__(self, "reductions", names)
+
+    def stored_reductions(self) -> tuple[Reduction, ...]:
+        """The reductions a capture with this config stores per layer: ``reductions``, and ``grads`` with
+        ``store_grads``."""
+        return tuple(get_reduction(n) for n in (*self.reductions, *((GRADS.name,) if self.store_grads else ())))
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -93,58 +115,6 @@ class SampleCapture:
     layer_arrays: dict[int, dict[str, np.ndarray]]
     attrs: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
-
-
-def family_config(adapter: ModelAdapter, *, layers: Sequence[int] | None = None, steps: int | None = None,
-                  block_length: int | None = None, mode: str | None = None, temperature: float | None = None,
-                  schedule: str | None = None, remasking: str | None = None, top_p: float | None = None,
-                  **options: Any) -> CaptureConfig:
-    """The capture config, with the family's own defaults (``adapter.default_*``) for every option left None.
-
-    Parameters
-    ----------
-    adapter : ModelAdapter
-    layers, steps, block_length, mode, temperature, schedule, remasking, top_p : optional
-        None takes the family's: the middle block, ``adapter.default_steps``, one block, ``adapter.default_mode``,
-        ``adapter.default_temperature``, ``adapter.default_schedule``, ``adapter.default_remasking``,
-        ``adapter.default_top_p``.
-    **options
-        The other :class:`CaptureConfig` fields (seed, score, store_grads, record, ...).
-
-    Raises
-    ------
-    DcamError
-        If the family does not support ``mode``.
-    """
-    mode = mode or adapter.default_mode
-    if mode not in adapter.modes:
-        raise DcamError(f"--mode {mode}: the {adapter.family} family supports {', '.join(adapter.modes)}")
-    return CaptureConfig(
-        layers=resolve_layers(adapter, layers), steps=steps or adapter.default_steps,
-        block_length=block_length or adapter.gen_length, mode=mode,
-        temperature=adapter.default_temperature if temperature is None else temperature,
-        schedule=schedule or adapter.default_schedule, remasking=remasking or adapter.default_remasking,
-        top_p=adapter.default_top_p if top_p is None else top_p, **options,
-    )
-
-
-def resolve_layers(adapter: ModelAdapter, layers: Sequence[int] | None) -> tuple[int, ...]:
-    """Validate hook layers (negative indices allowed); default: the middle block."""
-    n = len(adapter.blocks())
-    if not layers:
-        return ((n - 1) // 2,)
-    out = []
-    for layer in layers:
-        idx = layer + n if layer < 0 else layer
-        if not 0 <= idx < n:
-            raise DcamError(f"--layers: block {layer} does not exist; the model has blocks 0..{n - 1}")
-        if idx == n - 1:
-            raise DcamError(
-                f"--layers: block {layer} is the last block; its image positions feed no response logit, so "
-                f"their gradient is exactly zero. Hook an earlier block (0..{n - 2}; default {(n - 1) // 2})"
-            )
-        out.append(idx)
-    return tuple(sorted(set(out)))
 
 
 def sample_seed(seed: int, sample_id: str) -> int:
@@ -320,9 +290,9 @@ def capture_sample(
     SampleCapture
         Per-sample arrays (``tokens`` (S+1, G), ``unmask_step`` (G,), ``confidence`` (G,),
         ``step_feasible`` (S,), ``attr_steps`` (R,), ``act_row`` (R,), ``recorded`` (R, T) bool,
-        ``score`` (R, T), ``tam_logits`` (R, T, N)) and per-layer arrays (``acts`` (F, N, D) fp16,
-        ``alpha``, ``alpha_pos`` (R, T, D), ``gxa`` and ``gnorm`` (R, T, N), optionally ``grads`` (R, T, N, D) fp16),
-        where N = grid_h * grid_w (grid order), T targets, R attribution rows (the replayed steps,
+        ``score`` (R, T), ``tam_logits`` (R, T, N)) and per-layer arrays (``acts`` (F, N, D) fp16 and the
+        configured gradient reductions, ``config.stored_reductions()``, e.g. ``alpha`` (R, T, D), ``gxa``
+        (R, T, N), ``grads`` (R, T, N, D) fp16 with ``store_grads``), where N = grid_h * grid_w (grid order), T targets, R attribution rows (the replayed steps,
         ``attr_steps``), F activation rows. Gradient statistics of pairs not ``recorded`` are zero.
     """
     if config.mode not in MODES:
@@ -407,6 +377,7 @@ def _capture(adapter: ModelAdapter, image: np.ndarray, config: CaptureConfig, re
         "block_length": config.block_length,
         "score_kind": config.score,
         "record": config.record,
+        "reductions": [r.name for r in config.stored_reductions()],
         "sampler": adapter.sampler,
         "sample_seed": seed,
         "forwards": rows["forwards"],
@@ -446,9 +417,9 @@ def _replay(adapter: ModelAdapter, forward: _StepForward, traj, targets: list[Ta
         del kept[s]
     n_targets, n_grid = len(targets), len(grid_abs)
 
+    reductions = config.stored_reductions()
     acts: dict[int, list[np.ndarray]] = {l: [] for l in layers}
-    stats: dict[int, dict[str, list[np.ndarray]]] = {l: {"alpha": [], "alpha_pos": [], "gxa": [], "gnorm": [], "grads": []}
-                                                     for l in layers}
+    stats: dict[int, dict[str, list[np.ndarray]]] = {l: {r.name: [] for r in reductions} for l in layers}
     scores, tams, act_row, forwards = [], [], [], []
     step_feasible = np.zeros(config.steps, dtype=bool)
     replay_diff = 0.0
@@ -459,21 +430,15 @@ def _replay(adapter: ModelAdapter, forward: _StepForward, traj, targets: list[Ta
         return rec.seq_len >= span.end
 
     def add_stats(layer: int, hidden: torch.Tensor, grads: torch.Tensor | None, which: np.ndarray) -> None:
-        """Statistics of the gradients (k, 1, L, D) of the targets ``which``; zero rows for the others."""
+        """The configured reductions of the gradients (k, 1, L, D) of the targets ``which``; zero rows for the
+        others."""
         d = hidden.shape[-1]
-        row = {"alpha": np.zeros((n_targets, d), np.float32), "alpha_pos": np.zeros((n_targets, d), np.float32),
-               "gxa": np.zeros((n_targets, n_grid), np.float32), "gnorm": np.zeros((n_targets, n_grid), np.float32)}
-        if config.store_grads:
-            row["grads"] = np.zeros((n_targets, n_grid, d), np.float16)
+        row = {r.name: np.zeros(r.shape(n_targets, n_grid, d), r.dtype) for r in reductions}
         if grads is not None:
             a = hidden[0, grid_abs].detach().float()  # (N, D)
             gr = grads[:, 0, grid_abs].float()  # (k, N, D)
-            row["alpha"][which] = to_host(gr.mean(1))
-            row["alpha_pos"][which] = to_host(gr.clamp(min=0).mean(1))
-            row["gxa"][which] = to_host((gr * a).sum(-1))
-            row["gnorm"][which] = to_host(gr.norm(dim=-1))
-            if config.store_grads:
-                row["grads"][which] = to_host(gr).astype(np.float16)
+            for r in reductions:
+                row[r.name][which] = to_host(r(gr, a)).astype(r.dtype, copy=False)
         for name, value in row.items():
             stats[layer][name].append(value)
 
@@ -539,8 +504,8 @@ def _replay(adapter: ModelAdapter, forward: _StepForward, traj, targets: list[Ta
     layer_arrays: dict[int, dict[str, np.ndarray]] = {}
     for l in layers:
         la = {"acts": np.stack(acts[l])}
-        for name in ("alpha", "alpha_pos", "gxa", "gnorm", *(("grads",) if config.store_grads else ())):
-            la[name] = np.stack(stats[l][name])
+        for name, rows in stats[l].items():
+            la[name] = np.stack(rows)
         layer_arrays[l] = la
     return {
         "layer_arrays": layer_arrays,

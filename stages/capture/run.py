@@ -23,9 +23,8 @@ from schemas.errors import DcamError
 from schemas.limits import check_pixels, limits
 from schemas.lock import exclusive, store_lock_path
 from schemas.manifest import InputRef, SampleStatus, StageManifest, digest_files, digest_json, read_manifest
+from stages.capture import STAGE_VERSION  # the capture node's version, owned by stages.capture
 from stages.capture.core import CaptureConfig, capture_sample
-
-STAGE_VERSION = "1.1"  # 1.1: gnorm recorded
 
 
 def _read_bytes(path: str) -> bytes:

@@ -18,8 +18,6 @@ from schemas.maps import SCHEMA_VERSION as MAPS_SCHEMA_VERSION, write_mapset
 
 STAGE_VERSION = "1.0"
 
-_ROW_ARRAYS = ("alpha", "alpha_pos", "gxa", "gnorm", "grads")
-
 
 def sample_context(sample) -> dict[str, Any]:
     """What the post-processing modules may know about a sample's maps."""
@@ -37,28 +35,18 @@ def sample_base_maps(sample, selection_rows, *, method: str, options: dict[str, 
     Returns a list of (index row, map (h, w)), one per (target, layer), the maps of a
     target's selected steps averaged with their selection weights.
     """
-    from stages.basemaps.methods import get_base_method
+    from stages.basemaps import get_base_method
+    from stages.basemaps.inputs import SampleInputs
 
     base = get_base_method(method)
     options = dict(options or {})
     grid = sample.grid
-    act_row = sample.array("act_row")
+    inputs = SampleInputs(sample)
     cache: dict[tuple[int, int], np.ndarray] = {}
-    layer_arrays: dict[int, dict[str, Any]] = {}
 
     def maps_at(r: int, layer: int) -> np.ndarray:
         if (r, layer) not in cache:
-            if layer not in layer_arrays:
-                la = {name: sample.array(name, layer) for name in ("acts", *_ROW_ARRAYS) if sample.has(name, layer)}
-                la["tam_logits"] = sample.array("tam_logits")
-                layer_arrays[layer] = la
-            la = layer_arrays[layer]
-            arrays = {name: la[name][r] for name in (*_ROW_ARRAYS, "tam_logits") if name in la}
-            arrays["acts"] = la["acts"][act_row[r]].astype(np.float32)
-            if base.missing(arrays):
-                raise DcamError(f"base method {method!r} needs {list(base.needs)}; the capture lacks {base.missing(arrays)}"
-                                + (" (capture with --store-grads)" if "grads" in base.missing(arrays) else ""))
-            cache[(r, layer)] = base(arrays, grid, **options)
+            cache[(r, layer)] = base(inputs.row(base, r, layer), grid, **options)
         return cache[(r, layer)]
 
     out = []

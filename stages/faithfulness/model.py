@@ -19,19 +19,13 @@ from schemas.span import grid_token_index
 from stages.capture.adapter import ModelAdapter, Prepared
 from stages.capture.targets import Target, target_class_ids, target_scores
 
-#: Families whose ``full_logits`` take a batch of prompts of one length (the prompt embeddings are
-#: concatenated along the batch axis): many perturbed images then go through one forward. Every other family
-#: is scored one image per forward, which is always correct.
-BATCHED_FAMILIES = frozenset({"toy"})
-
-
 def refuse_self_conditioned(adapter: ModelAdapter) -> None:
     """Refuse a family whose every step also reads the previous step's logits (DiffusionGemma's
     self-conditioning): the capture keeps that input only while it replays, so a word's score cannot be
     recomputed on a perturbed image at the same state."""
     from schemas.errors import DcamError
 
-    if getattr(adapter, "sampler", "masked") != "masked":
+    if not adapter.replayable:  # declared by the adapter (stages.capture.adapter.ModelAdapter)
         raise DcamError(f"faithfulness: the {adapter.family} family self-conditions each step on the previous "
                         "step's logits, which the capture store does not keep; its scores cannot be recomputed "
                         "on perturbed images")
@@ -78,7 +72,7 @@ class PerturbationScorer:
     prompt : str or None
         The capture's prompt.
     batch_size : int
-        Perturbed images per forward (families in :data:`BATCHED_FAMILIES`; others take one).
+        Perturbed images per forward (adapters that declare ``batched_prompts``; others take one).
     """
 
     def __init__(self, adapter: ModelAdapter, *, mode: str, prompt: str | None, batch_size: int = 64):
@@ -88,7 +82,9 @@ class PerturbationScorer:
         self.adapter = adapter
         self.prefix_dlm = mode == "prefix-cache"
         self.prompt = prompt
-        self.batch = batch_size if adapter.family in BATCHED_FAMILIES else 1
+        # families whose full_logits take a batch of prompts of one length (declared ``batched_prompts``) put
+        # many perturbed images through one forward; every other family is scored one image per forward
+        self.batch = batch_size if adapter.batched_prompts else 1
         self.banned = _banned(adapter)
         self.forwards = 0
 
@@ -127,14 +123,22 @@ class PerturbationScorer:
 
 
 def attribution_arrays(adapter: ModelAdapter, image: np.ndarray, state: np.ndarray, targets: Sequence[Target],
-                       *, layer: int, mode: str, prompt: str | None) -> dict[str, np.ndarray]:
+                       *, layer: int, mode: str, prompt: str | None,
+                       reductions: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     """The stored capture arrays of one attribution row, recomputed in memory with the adapter's current weights.
 
-    The same quantities :mod:`stages.capture.core` stores (``acts`` (N, D), ``alpha`` and ``alpha_pos`` (T, D),
-    ``gxa`` and ``gnorm`` (T, N), ``tam_logits`` (T, N), grid order), so every base method and chain applies to them; the
+    The same quantities :mod:`stages.capture.core` stores (``acts`` (N, D), ``tam_logits`` (T, N) and the
+    gradient reductions, grid order), each reduction by its registered function
+    (:data:`stages.basemaps.REDUCTIONS`), so every base method and chain applies to them; the
     model-randomisation check uses it to compare a randomised model's maps with the trained model's at the same
     token state and targets (Adebayo et al. 2018 keep input and target fixed).
+
+    Parameters
+    ----------
+    reductions : sequence of str, optional
+        Names of the reductions to compute; default: every registered base method's (not the full gradient).
     """
+    from stages.basemaps import default_reductions, get_reduction
     from stages.capture.hooks import BlockRecorder
 
     device = _device(adapter)
@@ -152,10 +156,9 @@ def attribution_arrays(adapter: ModelAdapter, image: np.ndarray, state: np.ndarr
                              for i in range(len(targets))])
     a = hidden[0, grid_abs].detach().float()
     g = grads[:, 0, grid_abs].float()
-    out: dict[str, Any] = {
-        "acts": a, "alpha": g.mean(1), "alpha_pos": g.clamp(min=0).mean(1), "gxa": (g * a).sum(-1), "gnorm": g.norm(dim=-1),
-        "tam_logits": logits[0, grid_abs][:, class_ids].detach().float().T,
-    }
+    out: dict[str, Any] = {"acts": a, "tam_logits": logits[0, grid_abs][:, class_ids].detach().float().T}
+    for name in default_reductions() if reductions is None else reductions:
+        out[name] = get_reduction(name)(g, a)
     return {k: v.cpu().numpy() for k, v in out.items()}
 
 

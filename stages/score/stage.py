@@ -44,10 +44,12 @@ _WORD_METRICS = ("obj_iou", "pointing_hit", "energy_pointing_bbox", "energy_poin
 
 
 def unit_map(m: np.ndarray) -> np.ndarray:
-    """ReLU, then divide by the maximum (an all-non-positive map becomes all zeros)."""
+    """ReLU, then divide by the maximum (an all-non-positive map becomes all zeros): float64, the one
+    normalisation of :mod:`stages.refine.normalize` (:func:`~stages.refine.normalize.divide_by_max`)."""
+    from stages.refine.normalize import divide_by_max
+
     m = np.maximum(np.asarray(m, dtype=np.float64), 0.0)
-    peak = m.max() if m.size else 0.0
-    return m / peak if peak > 0 else m
+    return divide_by_max(m.reshape(1, -1)).reshape(m.shape) if m.size else m  # the peak of the whole map
 
 
 def score_sample(sample, rows, maps, *, method: str, tam_resize: str = "uint8") -> list[dict]:
