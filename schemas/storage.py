@@ -268,14 +268,48 @@ class ArtifactRoot:
         return obj
 
 
-def write_text_atomic(target: str | os.PathLike, text: str) -> Path:
-    """Write a local file whole or not at all (a temporary file renamed over it)."""
+def write_bytes_atomic(target: str | os.PathLike, data: bytes) -> Path:
+    """Write a local file whole or not at all: a temporary file beside it, renamed over it.
+
+    Parameters
+    ----------
+    target : str or os.PathLike
+        The file; its folder is created if missing.
+    data : bytes
+
+    Returns
+    -------
+    Path
+        ``target``.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}"
-    tmp.write_text(text)
-    os.replace(tmp, target)
+    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
     return target
+
+
+def write_text_atomic(target: str | os.PathLike, text: str, *, errors: str = "strict") -> Path:
+    """Write a local text file (UTF-8) whole or not at all (:func:`write_bytes_atomic`).
+
+    Parameters
+    ----------
+    target : str or os.PathLike
+    text : str
+    errors : str, default "strict"
+        As :meth:`str.encode`; ``"replace"`` writes a lone surrogate (undecodable bytes of a dataset
+        file) as ``?`` instead of failing.
+
+    Returns
+    -------
+    Path
+        ``target``.
+    """
+    return write_bytes_atomic(target, text.encode("utf-8", errors))
 
 
 def as_root(root: "ArtifactRoot | str | os.PathLike") -> ArtifactRoot:
