@@ -293,6 +293,32 @@ def write_bytes_atomic(target: str | os.PathLike, data: bytes) -> Path:
     return target
 
 
+def write_image_atomic(target: str | os.PathLike, array, *, format: str, **options: Any) -> Path:
+    """Write an image array (PIL's ``Image.fromarray``) whole or not at all (:func:`write_bytes_atomic`).
+
+    Parameters
+    ----------
+    target : str or os.PathLike
+    array : ndarray of shape (H, W) or (H, W, 3)
+    format : str
+        PIL format name (``"PNG"``, ``"JPEG"``).
+    **options
+        PIL's save options of that format (``quality``, ``subsampling``, ``compress_level``).
+
+    Returns
+    -------
+    Path
+        ``target``.
+    """
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format=format, **options)
+    return write_bytes_atomic(target, buf.getvalue())
+
+
 def write_text_atomic(target: str | os.PathLike, text: str, *, errors: str = "strict") -> Path:
     """Write a local text file (UTF-8) whole or not at all (:func:`write_bytes_atomic`).
 
