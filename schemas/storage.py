@@ -268,6 +268,36 @@ class ArtifactRoot:
         return obj
 
 
+def at_root(root: str | os.PathLike, recorded: str | os.PathLike) -> str:
+    """Where an artifact recorded at ``recorded`` lies under the artifact root ``root``: ``ROOT/<stage>/<key>``.
+
+    Manifests and ``run.json`` record the paths they were given (relative to the directory a command ran in,
+    or the local mirror of a URL root); the root's own layout, the recorded path's last two parts under
+    ``root``, finds the artifact from anywhere.
+
+    Parameters
+    ----------
+    root : str or os.PathLike
+        A local directory or a URL.
+    recorded : str or os.PathLike
+
+    Returns
+    -------
+    str
+    """
+    parts = Path(recorded).parts[-2:]
+    if is_url(root):
+        return "/".join([str(root).rstrip("/"), *parts])
+    return str(Path(root).joinpath(*parts))
+
+
+def root_of(artifact: str | os.PathLike) -> str:
+    """The artifact root holding the artifact directory (or URL) ``ROOT/<stage>/<key>``."""
+    if is_url(artifact):
+        return str(artifact).rstrip("/").rsplit("/", 2)[0]
+    return str(Path(artifact).parent.parent)
+
+
 def write_bytes_atomic(target: str | os.PathLike, data: bytes) -> Path:
     """Write a local file whole or not at all: a temporary file beside it, renamed over it.
 
