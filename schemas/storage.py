@@ -22,13 +22,15 @@ import json
 import os
 import re
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
 from schemas.errors import DcamError
+from schemas.atomic import write_bytes_atomic, write_image_atomic, write_text_atomic
 from schemas.lock import temporary_dir
 from schemas.manifest import MANIFEST_FILE, StageManifest, parse_manifest, read_manifest
+
+__all__ = ["write_bytes_atomic", "write_image_atomic", "write_text_atomic"]  # re-exported: one writer
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 #: Protocols whose first path component is a bucket (or container) that must exist beforehand.
@@ -296,76 +298,6 @@ def root_of(artifact: str | os.PathLike) -> str:
     if is_url(artifact):
         return str(artifact).rstrip("/").rsplit("/", 2)[0]
     return str(Path(artifact).parent.parent)
-
-
-def write_bytes_atomic(target: str | os.PathLike, data: bytes) -> Path:
-    """Write a local file whole or not at all: a temporary file beside it, renamed over it.
-
-    Parameters
-    ----------
-    target : str or os.PathLike
-        The file; its folder is created if missing.
-    data : bytes
-
-    Returns
-    -------
-    Path
-        ``target``.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
-
-
-def write_image_atomic(target: str | os.PathLike, array, *, format: str, **options: Any) -> Path:
-    """Write an image array (PIL's ``Image.fromarray``) whole or not at all (:func:`write_bytes_atomic`).
-
-    Parameters
-    ----------
-    target : str or os.PathLike
-    array : ndarray of shape (H, W) or (H, W, 3)
-    format : str
-        PIL format name (``"PNG"``, ``"JPEG"``).
-    **options
-        PIL's save options of that format (``quality``, ``subsampling``, ``compress_level``).
-
-    Returns
-    -------
-    Path
-        ``target``.
-    """
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format=format, **options)
-    return write_bytes_atomic(target, buf.getvalue())
-
-
-def write_text_atomic(target: str | os.PathLike, text: str, *, errors: str = "strict") -> Path:
-    """Write a local text file (UTF-8) whole or not at all (:func:`write_bytes_atomic`).
-
-    Parameters
-    ----------
-    target : str or os.PathLike
-    text : str
-    errors : str, default "strict"
-        As :meth:`str.encode`; ``"replace"`` writes a lone surrogate (undecodable bytes of a dataset
-        file) as ``?`` instead of failing.
-
-    Returns
-    -------
-    Path
-        ``target``.
-    """
-    return write_bytes_atomic(target, text.encode("utf-8", errors))
 
 
 def as_root(root: "ArtifactRoot | str | os.PathLike") -> ArtifactRoot:

@@ -77,7 +77,9 @@ from stages.report.tables import SUMMARY_COLUMNS, faithfulness_table, metrics_ta
 __all__ = ["CMAPS", "NOT_A_RUN", "RUN_FILE", "ablation_figure", "build_report", "check_report_options",
            "display_map", "overlay_name", "read_run", "safe_name"]
 
-STAGE_VERSION = "2.0"
+#: 2.1: the page comes from a jinja2 template (the same page; entities spelt &#39;, notices of unreadable
+#: inputs shown).
+STAGE_VERSION = "2.1"
 KIND = "report"
 #: Palette size of the inlined thumbnails: about 7 KB each at 128 px, no visible banding of the colour map.
 THUMB_COLORS = 128
