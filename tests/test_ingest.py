@@ -337,6 +337,13 @@ def test_ingest_round_trip_with_16_bit_labels(tmp_path):
     assert ingest(root, tmp_path / "out", overwrite=True, limit=1).n_ok == 1
     with pytest.raises(DcamError, match="not by ingest"):
         read_ingested(_synthetic(tmp_path))
+    lines = (tmp_path / "out/samples.jsonl").read_text().splitlines()
+    (tmp_path / "out/samples.jsonl").write_text(lines[0].replace('"height":8', '"height":"tall"') + "\n")
+    with pytest.raises(DcamError, match=r"samples.jsonl line 1 is not a sample record: height: .*integer.*\(1 problem"):
+        read_ingested(tmp_path / "out")
+    (tmp_path / "out/samples.jsonl").write_text(lines[0][:-1] + "\n")
+    with pytest.raises(DcamError, match=r"samples.jsonl line 1 is malformed JSON: "):
+        read_ingested(tmp_path / "out")
 
 
 def _synthetic(tmp_path):
