@@ -103,12 +103,12 @@ def _locate(recorded: str, referrer: str) -> str:
     """Where an input recorded in the manifest at ``referrer`` is. Manifests record local paths (at a URL
     root, those of the run's mirror): an input of an artifact at a URL root is ``ROOT/<stage>/<key>`` when
     that has a manifest, else (an external dataset) as recorded."""
-    from schemas.storage import is_url, read_remote_manifest
+    from schemas.storage import at_root, is_url, read_remote_manifest, root_of
 
     if is_url(recorded) or not is_url(referrer):
         return recorded
-    at_root = "/".join([referrer.rstrip("/").rsplit("/", 2)[0], *Path(recorded).parts[-2:]])
-    return at_root if read_remote_manifest(at_root) is not None else recorded
+    found = at_root(root_of(referrer), recorded)
+    return found if read_remote_manifest(found) is not None else recorded
 
 
 def lineage(path: Path | str) -> list[dict]:

@@ -22,13 +22,15 @@ import json
 import os
 import re
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
 from schemas.errors import DcamError
+from schemas.atomic import write_bytes_atomic, write_image_atomic, write_text_atomic
 from schemas.lock import temporary_dir
 from schemas.manifest import MANIFEST_FILE, StageManifest, parse_manifest, read_manifest
+
+__all__ = ["write_bytes_atomic", "write_image_atomic", "write_text_atomic"]  # re-exported: one writer
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 #: Protocols whose first path component is a bucket (or container) that must exist beforehand.
@@ -268,14 +270,34 @@ class ArtifactRoot:
         return obj
 
 
-def write_text_atomic(target: str | os.PathLike, text: str) -> Path:
-    """Write a local file whole or not at all (a temporary file renamed over it)."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}"
-    tmp.write_text(text)
-    os.replace(tmp, target)
-    return target
+def at_root(root: str | os.PathLike, recorded: str | os.PathLike) -> str:
+    """Where an artifact recorded at ``recorded`` lies under the artifact root ``root``: ``ROOT/<stage>/<key>``.
+
+    Manifests and ``run.json`` record the paths they were given (relative to the directory a command ran in,
+    or the local mirror of a URL root); the root's own layout, the recorded path's last two parts under
+    ``root``, finds the artifact from anywhere.
+
+    Parameters
+    ----------
+    root : str or os.PathLike
+        A local directory or a URL.
+    recorded : str or os.PathLike
+
+    Returns
+    -------
+    str
+    """
+    parts = Path(recorded).parts[-2:]
+    if is_url(root):
+        return "/".join([str(root).rstrip("/"), *parts])
+    return str(Path(root).joinpath(*parts))
+
+
+def root_of(artifact: str | os.PathLike) -> str:
+    """The artifact root holding the artifact directory (or URL) ``ROOT/<stage>/<key>``."""
+    if is_url(artifact):
+        return str(artifact).rstrip("/").rsplit("/", 2)[0]
+    return str(Path(artifact).parent.parent)
 
 
 def as_root(root: "ArtifactRoot | str | os.PathLike") -> ArtifactRoot:

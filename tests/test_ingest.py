@@ -6,10 +6,12 @@ import numpy as np
 import pycocotools.mask as mask_utils
 import pytest
 from PIL import Image
+from pydantic import ValidationError
 
 from schemas.errors import DcamError
 from schemas.manifest import read_manifest
 from stages.ingest import (
+    Sample,
     classify_word,
     detect_format,
     ingest,
@@ -262,6 +264,58 @@ def test_detect_format_errors(tmp_path):
         load_dataset(tmp_path / "x.json", fmt="coco")
 
 
+def test_a_new_format_is_one_registration(tmp_path, monkeypatch):
+    """A format registered from outside is detected, loaded and ingested through the normal entry points."""
+    from stages.ingest import DatasetFormat, LoadResult, ObjectRecord, Sample, format_names, register_format
+    from stages.ingest import registry
+
+    monkeypatch.setattr(registry, "_FORMATS", dict(registry._registered()))  # the test's registration is undone
+
+    def load(request):
+        samples = []
+        for line in (request.path / "boxes.txt").read_text().splitlines():
+            sid, caption = line.split(":")
+            box = np.zeros((H, W), bool)
+            box[2:4, 5:8] = True
+            samples.append(Sample(sample_id=sid, image_path=str(request.path / f"{sid}.jpg"), height=H, width=W,
+                                  captions=[caption], source="boxes", categories={"box": 7},
+                                  objects=[ObjectRecord(label=7, name="box", phrase=None, token_positives=None,
+                                                        mask_rle=_compressed(box))]))
+        return LoadResult(samples[:request.limit], [])
+
+    fmt = DatasetFormat(name="boxes", detect=lambda probe: probe.has("boxes.txt"), load=load,
+                        looks_like="a folder holding boxes.txt")
+    register_format(fmt)
+    with pytest.raises(ValueError, match="'boxes' is registered already"):
+        register_format(fmt)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/boxes.txt").write_text("b1:a box\nb2:two boxes\nb3:no box\n")
+    assert format_names()[-1] == "boxes" and detect_format(tmp_path / "data") == "boxes"
+    assert [s.sample_id for s in load_dataset(tmp_path / "data", limit=2).samples] == ["b1", "b2"]
+    manifest = ingest(tmp_path / "data", tmp_path / "out")
+    assert (manifest.config["format"], manifest.n_ok, manifest.inputs) == ("boxes", 3, {})
+    mask = np.asarray(Image.open(tmp_path / "out/masks/b2.png"))
+    assert mask.dtype == np.uint16 and mask.sum() == 7 * 6 and (mask[2:4, 5:8] == 7).all()
+    with pytest.raises(DcamError, match="boxes: a folder holding boxes.txt"):
+        detect_format(tmp_path)
+
+
+def test_samples_jsonl_line_is_the_documented_record(tmp_path):
+    """One ``samples.jsonl`` line, field by field as the format has always been written, parses back."""
+    rle = _compressed(_expected_polygon())
+    line = ('{"sample_id":"s1","image_path":"/d/s1.jpg","height":8,"width":10,"captions":["a box"],'
+            '"objects":[{"label":3,"name":"box","phrase":"a box","token_positives":[2,5],'
+            f'"mask_rle":{{"size":[8,10],"counts":"{rle["counts"]}"}}}}],"source":"grandf",'
+            '"categories":{"a box":3},"mask_path":"masks/s1.png"}')
+    sample = Sample.model_validate_json(line)
+    assert sample.objects[0].token_positives == (2, 5) and sample.objects[0].mask_rle == rle
+    assert json.dumps(sample.model_dump(), separators=(",", ":")) == line
+    np.testing.assert_array_equal(load_instance_masks(sample)[0], _expected_polygon())
+    bad = line.replace('"height":8', '"height":"eight"')
+    with pytest.raises(ValidationError, match="height"):
+        Sample.model_validate_json(bad)
+
+
 # ---------------------------------------------------------------------------------------------- ingest
 
 
@@ -283,6 +337,13 @@ def test_ingest_round_trip_with_16_bit_labels(tmp_path):
     assert ingest(root, tmp_path / "out", overwrite=True, limit=1).n_ok == 1
     with pytest.raises(DcamError, match="not by ingest"):
         read_ingested(_synthetic(tmp_path))
+    lines = (tmp_path / "out/samples.jsonl").read_text().splitlines()
+    (tmp_path / "out/samples.jsonl").write_text(lines[0].replace('"height":8', '"height":"tall"') + "\n")
+    with pytest.raises(DcamError, match=r"samples.jsonl line 1 is not a sample record: height: .*integer.*\(1 problem"):
+        read_ingested(tmp_path / "out")
+    (tmp_path / "out/samples.jsonl").write_text(lines[0][:-1] + "\n")
+    with pytest.raises(DcamError, match=r"samples.jsonl line 1 is malformed JSON: "):
+        read_ingested(tmp_path / "out")
 
 
 def _synthetic(tmp_path):

@@ -17,7 +17,8 @@ from stages.capture.toy_adapter import ToyAdapter
 from stages.graph import run_explain
 from stages.presets import get_preset
 from schemas.errors import DcamError
-from stages.report.build import _Preset, ablation_figure, build_report, display_map, overlay_name, safe_name
+from stages.report.build import ablation_figure, build_report, display_map, overlay_name, safe_name
+from stages.report.data import PresetResults
 from stages.report.overlay import contours, heatmap_rgba, instance_outlines, mark_peak, outline, overlay, peak, save_png
 from stages.score.metrics import resize_bilinear
 from stages.synth.write import write_dataset
@@ -153,14 +154,14 @@ def test_display_map_for_each_colour_map():
 
 
 def test_ablation_axis_spans_zero_to_one_whatever_the_values():
-    presets = [_Preset(f"ablation-{k}", [], "", None, None, summary={"f3": 0.003, "obj_iou": 0.002},
+    presets = [PresetResults(f"ablation-{k}", [], "", None, None, summary={"f3": 0.003, "obj_iou": 0.002},
                        intervals={"f3": (0.001, 0.0035)}) for k in ("baseline", "full")]
     fig = ablation_figure(presets)
     assert fig.axes[0].get_ylim() == (0.0, 1.0)
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["Baseline", "Full"]
-    assert ablation_figure([_Preset("gradcam", [], "", None, None, summary={"f3": 0.3})]) is None
+    assert ablation_figure([PresetResults("gradcam", [], "", None, None, summary={"f3": 0.3})]) is None
     # three rows, one without intervals: the error bars are (2, rows), lower and upper extent of each bar
-    rows = [_Preset(f"ablation-{k}", [], "", None, None, summary={"f3": 0.5, "obj_iou": 0.4},
+    rows = [PresetResults(f"ablation-{k}", [], "", None, None, summary={"f3": 0.5, "obj_iou": 0.4},
                     intervals={"f3": (0.4, 0.7), "obj_iou": (0.3, 0.45)} if k != "akd" else {})
             for k in ("baseline", "akd", "full")]
     ax = ablation_figure(rows).axes[0]
@@ -426,3 +427,20 @@ def test_a_sample_without_its_image_is_reported_as_failed(run_dir, tmp_path):
     assert all(s.status == "ok" for sid, s in statuses.items() if sid != images[0].stem)
     page = path.read_text()
     assert "not rendered" in page and "(not readable now)" in page
+
+
+def test_unreadable_inputs_are_named_on_the_page_or_refused(run_dir, tmp_path):
+    run = json.loads((run_dir / "run.json").read_text())
+    moved = tmp_path / "run"
+    moved.mkdir()
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    run.update(store=str(tmp_path / "gone"), dataset=str(bad))
+    (moved / "run.json").write_text(json.dumps(run))
+    page = build_report(moved, methods=["gradcam"]).read_text()
+    assert page.count("<p class='note failed'>capture store unreadable, so no generated text or image paths") == 1
+    assert f"<p class='note failed'>dataset {bad} unreadable, so no ground-truth masks: {bad} is malformed JSON" in page
+    run["presets"]["gradcam"]["scores"] = str(tmp_path / "nowhere" / "scores" / "x")  # named, but gone
+    (moved / "run.json").write_text(json.dumps(run))
+    with pytest.raises(DcamError, match=r"^artifact \S+/nowhere/scores/x named in \S+run.json is missing; rerun"):
+        build_report(moved, methods=["gradcam"])

@@ -1,11 +1,13 @@
-"""Ingest stage: dataset loaders (:mod:`.loaders`) and word-to-object matching (:mod:`.words`)."""
+"""Ingest stage: dataset formats -> normalised samples (:mod:`.loaders` gathers the names), and
+word-to-object matching (:mod:`.words`)."""
 
 from stages.ingest.loaders import (
-    FORMATS,
+    DatasetFormat,
     LoadResult,
     ObjectRecord,
     Sample,
     detect_format,
+    format_names,
     ingest,
     load_coco,
     load_coco_tam,
@@ -16,16 +18,18 @@ from stages.ingest.loaders import (
     load_synthetic,
     load_tam_anno,
     read_ingested,
+    register_format,
 )
 from stages.ingest.words import classify_word, grounding_at, normalise_word
 
 __all__ = [
-    "FORMATS",
+    "DatasetFormat",
     "LoadResult",
     "ObjectRecord",
     "Sample",
     "classify_word",
     "detect_format",
+    "format_names",
     "grounding_at",
     "ingest",
     "load_coco",
@@ -38,4 +42,5 @@ __all__ = [
     "load_tam_anno",
     "normalise_word",
     "read_ingested",
+    "register_format",
 ]

@@ -134,15 +134,9 @@ def confidence_gate(cam, *, profile: str = "reference", sigma: float = 1.0, cont
 
 
 def _blur3(stack: np.ndarray, taps: np.ndarray) -> np.ndarray:
-    """Separable 3 x 3 correlation of each map with half-sample symmetric borders (``a | a b c | c``)."""
-    rows = _blur_last_axis(stack, taps)
-    return _blur_last_axis(rows.swapaxes(1, 2), taps).swapaxes(1, 2)
+    """Separable 3 x 3 correlation of each map with half-sample symmetric borders (``a | a b c | c``,
+    scipy's ``reflect``)."""
+    from scipy.ndimage import correlate1d
 
-
-def _blur_last_axis(x: np.ndarray, taps: np.ndarray) -> np.ndarray:
-    out = taps[1] * x
-    out[..., 1:] += taps[0] * x[..., :-1]
-    out[..., :-1] += taps[2] * x[..., 1:]
-    out[..., 0] += taps[0] * x[..., 0]  # the border pixel is its own mirror image
-    out[..., -1] += taps[2] * x[..., -1]
-    return out
+    rows = correlate1d(stack, taps, axis=2, mode="reflect")
+    return correlate1d(rows, taps, axis=1, mode="reflect")

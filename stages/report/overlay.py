@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from schemas.storage import write_bytes_atomic
 from stages.score.metrics import check_map
 
 #: Long side (pixels) under which :func:`publication_scale` enlarges an image by an integer factor.
@@ -318,7 +319,4 @@ def encode_png(array, *, colors: int | None = None, compress_level: int = 3) -> 
 
 def save_png(array, path) -> Path:
     """Write a uint8 RGB (H, W, 3) or grey (H, W) array as a PNG (parent directories created)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(encode_png(array))
-    return path
+    return write_bytes_atomic(path, encode_png(array))

@@ -75,23 +75,14 @@ def _same_shape(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> None:
 # ------------------------------------------------------------------------------------ resize and Otsu
 
 
-def _linear_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Source indices and weights of OpenCV's INTER_LINEAR along one axis (half-pixel centres)."""
-    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
-    src = np.clip(src, 0.0, n_in - 1)  # cv2 replicates the edge pixel outside the image
-    i0 = np.floor(src).astype(np.intp)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    return i0, i1, src - i0
-
-
 def resize_bilinear(heatmap, shape: tuple[int, int]) -> np.ndarray:
     """Bilinear resize with OpenCV's ``cv2.resize(..., INTER_LINEAR)`` convention.
 
     Pixel centres are aligned (``src = (dst + 0.5) * in / out - 0.5``), coordinates outside the
     image are clamped to the edge pixel, and no anti-aliasing is applied when shrinking. On a float map
-    this equals ``cv2.resize(h.astype(np.float32), (W, H))`` up to float32 rounding and
-    ``skimage.transform.resize(h, (H, W), order=1, mode='edge', anti_aliasing=False)`` up to float64
-    rounding (tested against the latter).
+    this equals ``cv2.resize(h.astype(np.float32), (W, H))`` up to float32 rounding; it is
+    ``skimage.transform.resize(h, (H, W), order=1, mode='edge', anti_aliasing=False)``, after the
+    checks below.
 
     Parameters
     ----------
@@ -107,11 +98,9 @@ def resize_bilinear(heatmap, shape: tuple[int, int]) -> np.ndarray:
     arr = check_map(heatmap)
     if len(shape) != 2 or any(int(s) != s or s < 1 for s in shape):
         raise ValueError(f"shape: expected two positive integers (H, W), got {shape!r}")
-    out_h, out_w = int(shape[0]), int(shape[1])
-    r0, r1, wr = _linear_weights(arr.shape[0], out_h)
-    c0, c1, wc = _linear_weights(arr.shape[1], out_w)
-    rows = arr[r0] * (1.0 - wr)[:, None] + arr[r1] * wr[:, None]
-    return rows[:, c0] * (1.0 - wc)[None, :] + rows[:, c1] * wc[None, :]
+    from skimage.transform import resize
+
+    return resize(arr, (int(shape[0]), int(shape[1])), order=1, mode="edge", anti_aliasing=False)
 
 
 #: OpenCV's fixed-point bilinear weights on uint8 images: ``INTER_RESIZE_COEF_BITS`` = 11.

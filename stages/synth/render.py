@@ -174,14 +174,10 @@ def _shape_mask(shape: str, cx: float, cy: float, r: float, ys: np.ndarray, xs: 
 
 
 def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Binary dilation of ``mask`` by a (2·radius+1)² square."""
-    h, w = mask.shape
-    padded = np.pad(mask, radius)
-    out = np.zeros_like(mask)
-    for oy in range(2 * radius + 1):
-        for ox in range(2 * radius + 1):
-            out |= padded[oy : oy + h, ox : ox + w]
-    return out
+    """Binary dilation of ``mask`` by a (2·radius+1)² square (outside the image counts as background)."""
+    from scipy.ndimage import binary_dilation
+
+    return binary_dilation(mask, structure=np.ones((2 * radius + 1, 2 * radius + 1), dtype=bool))
 
 
 def _bbox(mask: np.ndarray) -> tuple[float, float, float, float]:

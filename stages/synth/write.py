@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from schemas.outdir import prepare_output_dir
+from schemas.storage import write_image_atomic, write_text_atomic
 from schemas.manifest import ARTIFACT_SCHEMA_VERSIONS, SampleStatus, StageManifest, digest_files, write_manifest
 from stages.synth.render import CATEGORIES, render_scene
 
@@ -73,7 +74,6 @@ def write_dataset(
         If ``out_dir`` is not empty (and ``overwrite`` is off) or holds foreign files.
     """
     import pycocotools.mask as mask_utils
-    from PIL import Image
 
     if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
         raise ValueError(f"count: must be an integer >= 1, got {count!r}")
@@ -108,10 +108,9 @@ def write_dataset(
                 "colour": obj.colour,
             })
         # 4:4:4 chroma keeps the object colours from bleeding across mask edges in a 96 px image.
-        Image.fromarray(scene.image).save(
-            out_dir / IMAGE_DIR / f"{name}.jpg", format="JPEG", quality=JPEG_QUALITY, subsampling=0
-        )
-        Image.fromarray(seg_label).save(out_dir / SEG_LABEL_DIR / f"{name}.png", format="PNG")
+        write_image_atomic(out_dir / IMAGE_DIR / f"{name}.jpg", scene.image, format="JPEG", quality=JPEG_QUALITY,
+                           subsampling=0)
+        write_image_atomic(out_dir / SEG_LABEL_DIR / f"{name}.png", seg_label, format="PNG")
         images.append({"id": image_id, "file_name": f"{name}.jpg", "height": size, "width": size})
         captions.append({"id": image_id, "image_id": image_id, "caption": scene.caption})
         samples.append(SampleStatus(sample_id=name, status="ok", seconds=round(time.perf_counter() - t0, 6)))
@@ -119,10 +118,9 @@ def write_dataset(
             progress(1)
 
     categories = [{"id": cid, "name": shape, "supercategory": "shape"} for shape, cid in sorted(CATEGORIES.items(), key=lambda kv: kv[1])]
-    (out_dir / INSTANCES_FILE).write_text(
-        json.dumps({"images": images, "annotations": instances, "categories": categories}, separators=(",", ":"))
-    )
-    (out_dir / CAPTIONS_FILE).write_text(json.dumps({"images": images, "annotations": captions}, separators=(",", ":")))
+    write_text_atomic(out_dir / INSTANCES_FILE, json.dumps({"images": images, "annotations": instances,
+                                                           "categories": categories}, separators=(",", ":")))
+    write_text_atomic(out_dir / CAPTIONS_FILE, json.dumps({"images": images, "annotations": captions}, separators=(",", ":")))
     elapsed = time.perf_counter() - started
 
     manifest = StageManifest(
