@@ -11,7 +11,6 @@ import typer
 from flows.options import UsageError, check_choice, require
 from schemas.errors import DcamError
 
-FORMATS = ("coco-tam", "coco", "grandf", "tam-anno", "synthetic", "ingested")
 #: How many rejection reasons ``dcam ingest`` prints.
 SHOWN_REASONS = 5
 
@@ -95,7 +94,7 @@ def score_map_command(
 def ingest_command(
     path: Path = typer.Argument(..., help="Dataset directory or annotation file (raw COCO: the instances JSON or any path with --instances)."),
     out: Path = typer.Option(..., "--out", help="Output directory of the normalised dataset."),
-    fmt: Optional[str] = typer.Option(None, "--format", help=f"One of {', '.join(FORMATS)} (default: detected from the files)."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="A registered dataset format: coco-tam, coco, grandf, tam-anno, synthetic, ingested, or any format a plugin file registers (stages/ingest/formats/; default: detected from the files)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Load at most this many samples."),
     instances: Optional[Path] = typer.Option(None, "--instances", help="Raw COCO: instances JSON."),
     captions: Optional[Path] = typer.Option(None, "--captions", help="Raw COCO: captions JSON."),
@@ -107,7 +106,9 @@ def ingest_command(
     from flows.progress import progress_bar
     from stages.ingest.loaders import ingest
 
-    check_choice(fmt, FORMATS, "--format")
+    from stages.ingest import format_names
+
+    check_choice(fmt, format_names(), "--format")
     if not path.exists():
         raise UsageError(f"dataset not found: {path}")
     with progress_bar("ingest", None) as bar:

@@ -105,11 +105,12 @@ def _versions() -> dict[str, str]:
     from stages.explain.postprocess import STAGE_VERSION as refine
     from stages.explain.select import STAGE_VERSION as select
     from stages.faithfulness.stage import FAITHFULNESS_VERSION, OCCLUSION_VERSION
+    from stages.report.build import STAGE_VERSION as report
     from stages.score.stage import STAGE_VERSION as score
     from stages.synth.write import STAGE_VERSION as synth
 
     return {"select": select, "base": base, "refine": refine, "score": score, "occlusion": OCCLUSION_VERSION,
-            "faithfulness": FAITHFULNESS_VERSION, "dataset": synth}
+            "faithfulness": FAITHFULNESS_VERSION, "dataset": synth, "report": report}
 
 
 _V = _versions()
@@ -137,7 +138,7 @@ NODES: dict[str, Node] = {n.name: n for n in (
          "perturbation maps: the score drop when a grid cell is replaced"),
     Node("faithfulness", _V["faithfulness"], ("capture", "maps", "dataset"), "faithfulness", "GPU",
          "deletion/insertion curves, rank agreement, target sensitivity, cascading randomisation"),
-    Node("report", "2.0", ("maps", "scores", "faithfulness"), "report", "CPU", "the HTML report (not content-addressed)"),
+    Node("report", _V["report"], ("maps", "scores", "faithfulness"), "report", "CPU", "the HTML report (not content-addressed)"),
 )}
 
 #: Nodes a chain walks, in order (``--only`` / ``--from`` accept these and the refine modules' names).

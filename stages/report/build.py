@@ -1,6 +1,6 @@
 """The report stage: one self-contained HTML page (and publication PNGs) of an explain run.
 
-``build_report(RUN)`` reads ``RUN/run.json`` (written by :func:`stages.explain.runner.explain_run`),
+``build_report(RUN)`` reads ``RUN/run.json`` (written by :func:`stages.graph.finish_run`),
 the final maps artifact and the scores artifact of every preset, the capture store (generated text,
 image path), the dataset (ground-truth masks) and, when ``run.json`` names one, the faithfulness
 results (``summary.json``), and writes::

@@ -53,6 +53,9 @@ def read_run(run_dir: str | os.PathLike) -> dict[str, Any]:
         raise DcamError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(run, dict) or not isinstance(run.get("presets"), dict):
         raise DcamError(f"{path} has no 'presets' mapping; {NOT_A_RUN}")
+    from schemas.run import RunRecord
+
+    RunRecord.parse(run, str(path))  # the declared schema: a malformed entry is one line here, not a crash later
     return run
 
 
