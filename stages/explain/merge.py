@@ -40,6 +40,7 @@ def merge_scores(dirs: Sequence[str | Path], out_dir: str | Path) -> StageManife
     import pandas as pd
 
     from stages.score.aggregate import summarise, write_table
+    from stages.score.stage import summary_keys
 
     t0 = time.perf_counter()
     frames, samples, inputs, config = [], [], {}, {}
@@ -53,7 +54,7 @@ def merge_scores(dirs: Sequence[str | Path], out_dir: str | Path) -> StageManife
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_table(df, out, name="metrics")
-    summarise(df).to_csv(out / "summary.csv", index=False)
+    summarise(df, by=summary_keys(df)).to_csv(out / "summary.csv", index=False)
     manifest = StageManifest(kind="scores", schema_version=ARTIFACT_SCHEMA_VERSIONS["scores"], stage="score",
                              stage_version=STAGE_VERSION, config={**config, "merge": len(dirs)}, inputs=inputs,
                              content_digest=digest_files(out), samples=samples,

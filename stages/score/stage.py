@@ -43,6 +43,12 @@ _PAPER_METRICS = ("obj_iou", "precision", "recall", "contrast", "concentration",
 _WORD_METRICS = ("obj_iou", "pointing_hit", "energy_pointing_bbox", "energy_pointing_mask")
 
 
+def summary_keys(df) -> tuple[str, ...]:
+    """How a metrics table is summarised: per method, and per layer too when it holds several layers (a
+    layer sweep). One rule for the score node and the merge of its shards."""
+    return ("method", "layer") if not df.empty and df["layer"].nunique() > 1 else ("method",)
+
+
 def unit_map(m: np.ndarray) -> np.ndarray:
     """ReLU, then divide by the maximum (an all-non-positive map becomes all zeros): float64, the one
     normalisation of :mod:`stages.refine.normalize` (:func:`~stages.refine.normalize.divide_by_max`)."""
@@ -132,8 +138,7 @@ def run_score(maps_dir: str | Path, dataset: str | Path, out_dir: str | Path, *,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_table(df, out, name="metrics")
-    by = ("method", "layer") if not df.empty and df["layer"].nunique() > 1 else ("method",)
-    summarise(df, by=by).to_csv(out / "summary.csv", index=False)
+    summarise(df, by=summary_keys(df)).to_csv(out / "summary.csv", index=False)
     ds = {}
     try:
         dm = read_manifest(dataset)
