@@ -33,7 +33,6 @@ from stages.capture import STAGE_VERSION as CAPTURE_VERSION
 from stages.catalog import StageResult, capture_digest, dataset_digest, lookup, materialize, write_run_record
 from stages.chain import Chain
 
-MERGE_VERSION = "1.0"
 
 
 @dataclass(frozen=True)
@@ -102,6 +101,7 @@ def _shard_order(key: str) -> int:
 
 def _versions() -> dict[str, str]:
     from stages.explain.basemap import STAGE_VERSION as base
+    from stages.explain.merge import STAGE_VERSION as merge
     from stages.explain.postprocess import STAGE_VERSION as refine
     from stages.explain.select import STAGE_VERSION as select
     from stages.faithfulness.stage import FAITHFULNESS_VERSION, OCCLUSION_VERSION
@@ -110,7 +110,7 @@ def _versions() -> dict[str, str]:
     from stages.synth.write import STAGE_VERSION as synth
 
     return {"select": select, "base": base, "refine": refine, "score": score, "occlusion": OCCLUSION_VERSION,
-            "faithfulness": FAITHFULNESS_VERSION, "dataset": synth, "report": report}
+            "faithfulness": FAITHFULNESS_VERSION, "dataset": synth, "report": report, "merge": merge}
 
 
 _V = _versions()
@@ -130,9 +130,9 @@ NODES: dict[str, Node] = {n.name: n for n in (
          _threshold),
     Node("score", _V["score"], ("maps", "dataset"), "scores", "CPU", "plausibility against the dataset's masks",
          _score),
-    Node("merge-maps", MERGE_VERSION, ("maps",), "maps", "CPU", "one maps artifact from the shards' (sharded runs)",
+    Node("merge-maps", _V["merge"], ("maps",), "maps", "CPU", "one maps artifact from the shards' (sharded runs)",
          _merge_maps),
-    Node("merge-scores", MERGE_VERSION, ("scores",), "scores", "CPU",
+    Node("merge-scores", _V["merge"], ("scores",), "scores", "CPU",
          "one scores artifact from the shards' (sharded runs)", _merge_scores),
     Node("occlusion", _V["occlusion"], ("capture", "selection"), "maps", "GPU",
          "perturbation maps: the score drop when a grid cell is replaced"),

@@ -11,7 +11,7 @@ import numpy as np
 from schemas.manifest import ARTIFACT_SCHEMA_VERSIONS, InputRef, StageManifest, digest_files, read_manifest, write_manifest
 from schemas.maps import SCHEMA_VERSION as MAPS_SCHEMA_VERSION, read_mapset, write_mapset
 
-STAGE_VERSION = "1.0"
+STAGE_VERSION = "1.1"  # 1.1: a merged layer sweep is summarised per (method, layer)
 
 
 def merge_maps(dirs: Sequence[str | Path], out_dir: str | Path) -> StageManifest:
