@@ -9,7 +9,8 @@ server already up, times the explain flow three times side by side:
 2. identical rerun (everything cached);
 3. rerun after changing one CBA parameter (``floor``): recomputes CBA and what follows.
 
-Goals: overhead <= 10 % of the full run; incremental rerun <= 40 % of the full run.
+Goals: overhead <= 5 % of the full run (issue 15; benchmarks/bench_orchestration.py prints it beside the
+`dcam explain` path); incremental rerun <= 40 % of the full run.
 
 To keep the set-up affordable on a CPU, the store holds real captures of a few template
 samples (toy model) copied onto every sample id (same shapes and sizes as real ones; the maps

@@ -84,9 +84,13 @@ def run(
     """Run a Prefect flow from a run configuration; stage outputs are cached by content.
 
     A second identical run reports every stage 'cached'; changing one module's parameter recomputes that module
-    and the stages after it. Starts a temporary Prefect server unless PREFECT_API_URL points at one, and
-    stops it when the run ends or dies. Prefect's own log (tracebacks included) goes to ROOT/.logs/; an error
-    is one line that names that file.
+    and the stages after it. Prefect's own log (tracebacks included) goes to ROOT/.logs/; an error is one line
+    that names that file.
+
+    Each run starts a temporary Prefect server (12 to 16 s) and stops it when the run ends or dies, unless
+    PREFECT_API_URL names a running one. To pay that once: run 'prefect server start' in another terminal, then
+    'export PREFECT_API_URL=http://127.0.0.1:4200/api'; every 'dcam run' reuses it (its UI at
+    http://127.0.0.1:4200 lists the runs).
     """
     from flows.config import load_config
 

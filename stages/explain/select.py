@@ -1,9 +1,14 @@
 """Selection stage: which (step, layer) explains each target.
 
-A capture records attribution rows only for steps whose score reaches an
-image-span activation, so every recorded attribution step is feasible: in
-``full`` mode the step's own forward contains the image span; in ``prefix-cache``
-mode the step's score reaches the prefix pass's activations through the cache.
+A capture records attribution rows (``attr_steps``) for the steps it replayed. A step
+is *feasible* (``method.md`` §1.2) when the hidden states its score is differentiated
+against contain the whole image span; only feasible attribution steps are selectable:
+
+* ``full`` mode: the step's own forward, as the capture stored it in ``step_feasible``;
+* ``prefix-cache`` mode: the prefix pass, whose image-span activations every step's
+  score reaches through the cache. ``step_feasible`` is False there (a step's own
+  forward holds the response alone) and the capture refuses a prefix pass without
+  the whole image span, so every attribution step of such a capture is feasible.
 """
 
 from __future__ import annotations
@@ -22,10 +27,11 @@ KIND = "selection"
 
 def select_steps(
     unmask_step: int,
-    feasible_steps: Sequence[int],
+    attribution_steps: Sequence[int],
     *,
     policy: str = "unmask-step",
     steps: Sequence[int] | None = None,
+    feasible: Sequence[bool] | None = None,
 ) -> list[tuple[int, float]]:
     """Steps (with weights summing to 1) that explain one target.
 
@@ -33,38 +39,78 @@ def select_steps(
     ----------
     unmask_step : int
         Step at which the target was unmasked.
-    feasible_steps : sequence of int
-        Steps with an attribution row (see the module docstring).
+    attribution_steps : sequence of int
+        Steps with an attribution row (the capture's ``attr_steps``).
     policy : {"unmask-step", "first-feasible", "last-feasible", "all-feasible-mean", "explicit"}
         ``unmask-step`` takes the target's unmask step, or the nearest feasible step (the earlier on a tie).
     steps : sequence of int, optional
-        The steps for ``explicit`` (each must be feasible); their maps are averaged.
+        The steps for ``explicit`` (each must be a feasible attribution step); their maps are averaged.
+    feasible : sequence of bool, optional
+        Per attribution step, whether it is feasible (:func:`attribution_feasibility`); default: all are.
+        Infeasible steps are never selected.
 
     Returns
     -------
     list of (step, weight)
+
+    Raises
+    ------
+    DcamError
+        If no attribution step is feasible, the policy is unknown, or an explicit step is not a feasible
+        attribution step.
     """
-    feasible = sorted(set(int(s) for s in feasible_steps))
-    if not feasible:
+    if feasible is not None and len(feasible) != len(attribution_steps):
+        raise DcamError(f"feasible: {len(feasible)} flags for {len(attribution_steps)} attribution steps")
+    flags = [True] * len(attribution_steps) if feasible is None else [bool(f) for f in feasible]
+    usable = sorted({int(s) for s, ok in zip(attribution_steps, flags) if ok})
+    if not usable:
+        if attribution_steps:
+            raise DcamError(f"no feasible step: none of the attribution steps {sorted({int(s) for s in attribution_steps})} "
+                            "has the whole image span in its hooked hidden states")
         raise DcamError("no feasible step: the capture recorded no attribution row for this sample")
     if policy == "unmask-step":
-        best = min(feasible, key=lambda s: (abs(s - unmask_step), s))
+        best = min(usable, key=lambda s: (abs(s - unmask_step), s))
         return [(best, 1.0)]
     if policy == "first-feasible":
-        return [(feasible[0], 1.0)]
+        return [(usable[0], 1.0)]
     if policy == "last-feasible":
-        return [(feasible[-1], 1.0)]
+        return [(usable[-1], 1.0)]
     if policy == "all-feasible-mean":
-        return [(s, 1.0 / len(feasible)) for s in feasible]
+        return [(s, 1.0 / len(usable)) for s in usable]
     if policy == "explicit":
         if not steps:
             raise DcamError("policy 'explicit' needs a list of steps (--steps 0,3,7)")
-        bad = [s for s in steps if s not in feasible]
+        bad = [s for s in steps if s not in usable]
         if bad:
-            raise DcamError(f"explicit steps {bad} are not feasible; feasible steps: {feasible}")
+            raise DcamError(f"explicit steps {bad} are not feasible; feasible steps: {usable}")
         uniq = sorted(set(int(s) for s in steps))
         return [(s, 1.0 / len(uniq)) for s in uniq]
     raise DcamError(f"unknown selection policy {policy!r}; known: {', '.join(POLICIES)}")
+
+
+def attribution_feasibility(sample, attribution_steps: Sequence[int]) -> list[bool]:
+    """Per attribution step of a captured sample, whether it is feasible (see the module docstring).
+
+    Parameters
+    ----------
+    sample : schemas.capture.CaptureSample
+    attribution_steps : sequence of int
+        The sample's ``attr_steps``.
+
+    Returns
+    -------
+    list of bool, one per attribution step
+    """
+    if sample.attrs.get("mode") == "prefix-cache":
+        prefix = [f for f in sample.attrs.get("forwards", []) if f.get("kind") == "prefix"]
+        ok = all(bool(f.get("contains_image_span")) for f in prefix)  # the capture refuses a prefix without it
+        return [ok] * len(attribution_steps)
+    step_feasible = sample.array("step_feasible")
+    bad = [int(s) for s in attribution_steps if not 0 <= int(s) < len(step_feasible)]
+    if bad:
+        raise DcamError(f"sample {sample.sample_id}: attribution steps {bad} are outside step_feasible "
+                        f"({len(step_feasible)} steps)")
+    return [bool(step_feasible[int(s)]) for s in attribution_steps]
 
 
 def selection_rows(sample, *, policy: str, layers: Sequence[int] | None, steps: Sequence[int] | None) -> list[dict[str, Any]]:
@@ -74,10 +120,11 @@ def selection_rows(sample, *, policy: str, layers: Sequence[int] | None, steps: 
     missing = [l for l in use_layers if l not in sample.layers]
     if missing:
         raise DcamError(f"sample {sample.sample_id}: layers {missing} were not captured (captured: {sample.layers})")
+    feasible = attribution_feasibility(sample, attr_steps)
     recorded = sample.recorded()
     rows = []
     for t in sample.targets:
-        for step, weight in select_steps(t["unmask_step"], attr_steps, policy=policy, steps=steps):
+        for step, weight in select_steps(t["unmask_step"], attr_steps, policy=policy, steps=steps, feasible=feasible):
             if not recorded[attr_steps.index(step), int(t["index"])]:
                 raise DcamError(
                     f"sample {sample.sample_id}: policy {policy!r} asks for step {step} of target {t['index']} "
