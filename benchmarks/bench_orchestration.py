@@ -2,7 +2,7 @@
 
 Prints side by side, in one run, against the goal of at most 5 % orchestration:
 
-1. the ``dcam explain`` path (``stages.explain.runner.explain_run``) on ``--explain-samples`` toy samples
+1. the ``dcam explain`` path (``stages.graph.run_explain``) on ``--explain-samples`` toy samples
    (default 24, real captures), every preset, with scoring, nothing cached, in a process that has already
    imported everything (one untimed run first; ``--repeat`` timed runs, the median reported);
 2. ``dcam run --flow explain --store STORE`` (the Prefect flow, ``flows.prefect_flows.explain_flow``) on
@@ -41,9 +41,10 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 GOAL = 0.05
 #: Functions of the graph itself (not a stage's compute) that ``--profile`` reports, by their qualified name.
-GRAPH_FUNCTIONS = ("run_stage", "artifact_key", "artifact_dir", "done_manifest", "verified_manifest", "is_done",
-                   "sweep_stale", "sweep_temporaries", "temporary_dir", "capture_digest", "dataset_digest",
-                   "publish", "explain_chain", "explain_run", "chain_from_preset", "write_manifest",
+GRAPH_FUNCTIONS = ("materialize", "lookup", "artifact_key", "artifact_dir", "done_manifest", "verified_manifest",
+                   "is_done", "sweep_stale", "sweep_temporaries", "temporary_dir", "capture_digest", "dataset_digest",
+                   "publish", "walk_chain", "explain_shard", "finish_run", "run_explain", "write_run_record",
+                   "as_chain", "write_manifest",
                    "read_manifest", "digest_files", "code_version", "library_versions")
 
 
@@ -59,12 +60,13 @@ def _stage_seconds(stage_dicts) -> tuple[float, float, int]:
 
 
 def explain_path(store: Path, data: Path, root: Path, presets: list[str]) -> tuple[float, float, float, int]:
-    """Wall time, then :func:`_stage_seconds` of one ``explain_run`` into an empty ``root``."""
-    from stages.explain.runner import chain_from_preset, explain_run
+    """Wall time, then :func:`_stage_seconds` of one ``run_explain`` into an empty ``root``."""
+    from stages.graph import run_explain
+    from stages.presets import get_preset
 
-    specs = [chain_from_preset(p) for p in presets]
+    specs = [get_preset(p) for p in presets]
     t = time.perf_counter()
-    run = explain_run(store, root, specs, dataset=data)
+    run = run_explain(root, store, specs, dataset=data)
     wall = time.perf_counter() - t
     return (wall, *_stage_seconds([s for entry in run["presets"].values() for s in entry["stages"]]))
 
