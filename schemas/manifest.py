@@ -15,12 +15,12 @@ import hashlib
 import json
 import os
 import subprocess
-import uuid
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.atomic import write_text_atomic  # the one atomic writer (0666 less the umask, O_NOFOLLOW)
 from schemas.errors import DcamError, SchemaVersionError
 
 #: Version of the manifest document itself.
@@ -187,18 +187,7 @@ def write_manifest(directory: str | os.PathLike, manifest: StageManifest) -> Pat
         manifest = manifest.model_copy(update={"library_versions": library_versions()})
     if not manifest.code_version:
         manifest = manifest.model_copy(update={"code_version": code_version()})
-    target = directory / MANIFEST_FILE
-    # 0666 less the umask, as every other file (mkstemp's 0600 would hide it from the other users)
-    tmp = directory / f".manifest.{uuid.uuid4().hex[:12]}.tmp"
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
-    except OSError as e:  # a read-only folder
-        raise DcamError(f"cannot write {target}: {e.strerror}") from None
-    with os.fdopen(fd, "w") as f:
-        f.write(manifest.model_dump_json(indent=2))
-    os.replace(tmp, target)
-    return target
+    return write_text_atomic(directory / MANIFEST_FILE, manifest.model_dump_json(indent=2))
 
 
 def read_manifest(directory: str | os.PathLike, kind: str | None = None) -> StageManifest:
