@@ -145,7 +145,9 @@ def test_kill_and_resume(harness, tmp_path, tiny_model):
     deadline = time.time() + 240
     captured_at_kill = None
     while time.time() < deadline:  # kill once some, not all, samples are captured
-        stores = list((root / "capture").glob("*")) if (root / "capture").exists() else []
+        # the store's folder, not its lock file beside it (.<key>.lock), whichever the folder lists first
+        stores = [p for p in (root / "capture").glob("*") if p.is_dir() and not p.name.startswith(".")] \
+            if (root / "capture").exists() else []
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]  # the run must not die by itself
         if stores and (stores[0] / "zarr.json").exists():
             n = len(CaptureStore.open(stores[0]).sample_ids())
@@ -159,7 +161,7 @@ def test_kill_and_resume(harness, tmp_path, tiny_model):
     rerun = subprocess.run(DCAM + ["run", str(path), "--json"], env=_env(harness), cwd=tmp_path,
                            capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    store = CaptureStore.open(next((root / "capture").glob("*")))
+    store = CaptureStore.open(next(p for p in (root / "capture").glob("*") if p.is_dir() and not p.name.startswith(".")))
     ids = store.sample_ids()
     assert len(ids) == 6 == len(set(ids)) and store.incomplete_ids() == []
     assert store.manifest().n_ok + store.manifest().n_failed == 6
