@@ -82,6 +82,7 @@ def explain(
     if as_json:
         typer.echo(json.dumps({"root": str(root), **run, **({"faithfulness": {"path": run["faithfulness"], **summary}}
                                                             if summary else {})}, indent=2))
+        _exit_on_failed_samples(run)
         return
     for name, entry in run["presets"].items():
         typer.echo(f"{name}:")
@@ -92,6 +93,21 @@ def explain(
 
         print_faithfulness(summary)
     typer.echo(f"run description: {root / 'run.json'}")
+    _exit_on_failed_samples(run)
+
+
+def _exit_on_failed_samples(run: dict) -> None:
+    """Samples a chain could not explain: named on stderr (the first reasons), exit status 3 (as 'dcam capture')."""
+    from schemas.manifest import read_manifest
+
+    failed = {name: read_manifest(entry["maps"]).failed() for name, entry in run["presets"].items() if entry.get("maps")}
+    failed = {name: f for name, f in failed.items() if f}
+    if not failed:
+        return
+    for name, samples in failed.items():
+        typer.echo(f"{name}: {len(samples)} sample(s) failed; first: {samples[0].sample_id}: {samples[0].reason}",
+                   err=True)
+    raise typer.Exit(3)
 
 
 def presets() -> None:

@@ -53,8 +53,8 @@ def dataset_digest(dataset: str | Path) -> str:
         return digest_files(dataset)
 
 
-def capture_digest(store_path: str | Path, root: "ArtifactRoot | str | Path | None" = None) -> str:
-    """The content digest of a finished capture store (read at the URL root when ``root`` is one)."""
+def capture_manifest(store_path: str | Path, root: "ArtifactRoot | str | Path | None" = None) -> StageManifest:
+    """The manifest of a finished capture store (read at the URL root when ``root`` is one)."""
     from schemas.capture import finished_manifest
 
     if root is not None and as_root(root).owns(store_path):
@@ -63,7 +63,12 @@ def capture_digest(store_path: str | Path, root: "ArtifactRoot | str | Path | No
         m = finished_manifest(store_path)  # once per shard: the manifest alone, not the Zarr store
     if m is None:
         raise DcamError(f"{store_path}: the capture run did not finish (no manifest.json); rerun 'dcam capture'")
-    return m.content_digest
+    return m
+
+
+def capture_digest(store_path: str | Path, root: "ArtifactRoot | str | Path | None" = None) -> str:
+    """The content digest of a finished capture store (read at the URL root when ``root`` is one)."""
+    return capture_manifest(store_path, root).content_digest
 
 
 def is_done(path: Path, kind: str | None = None) -> bool:

@@ -30,7 +30,7 @@ from schemas.errors import DcamError
 from schemas.manifest import StageManifest
 from schemas.storage import ArtifactRoot, as_root
 from stages.capture import STAGE_VERSION as CAPTURE_VERSION
-from stages.catalog import StageResult, capture_digest, dataset_digest, lookup, materialize, write_run_record
+from stages.catalog import StageResult, capture_manifest, dataset_digest, lookup, materialize, write_run_record
 from stages.chain import Chain
 
 
@@ -239,7 +239,9 @@ def explain_shard(root: "ArtifactRoot | str | Path", store: str | Path, chains: 
     """Every chain over one shard (``sample_ids``; None: every sample): per chain, its node results."""
     ar = as_root(root)
     check_slice(only, start)
-    external = {"capture": (str(store), capture_digest(store, ar))}
+    cap = capture_manifest(store, ar)
+    check_capture_serves(cap.config, chains, store)
+    external = {"capture": (str(store), cap.content_digest)}
     if dataset is not None:
         external["dataset"] = (str(dataset), dataset_digest(dataset))
     out = {}
@@ -250,6 +252,24 @@ def explain_shard(root: "ArtifactRoot | str | Path", store: str | Path, chains: 
         if on_chain:
             on_chain(chain.name)
     return out
+
+
+def check_capture_serves(capture_config: dict[str, Any], chains: Sequence[Chain], store: str | Path) -> None:
+    """Refuse, before anything is written, a chain whose base method reads a gradient reduction the capture
+    did not store and cannot derive (it derives any from ``--store-grads``). One line naming the chain, the
+    method, what is missing and the capture that would serve it. Stores written before capture 1.2 record no
+    ``reductions`` and are not checked here (each sample says what it holds)."""
+    from stages.basemaps import reductions_for
+
+    stored = capture_config.get("reductions")
+    if stored is None or capture_config.get("store_grads"):
+        return
+    for chain in chains:
+        missing = sorted(set(reductions_for([chain.base])) - set(stored))
+        if missing:
+            raise DcamError(f"chain {chain.name!r}: base method {chain.base!r} needs the gradient reduction(s) "
+                            f"{missing}, which the capture {store} did not store (it holds {list(stored)}); "
+                            f"recapture with 'dcam capture --methods {chain.base}' (or --store-grads)")
 
 
 def _merge(root: ArtifactRoot, node: str, results: list[dict[str, Any]]) -> StageResult:

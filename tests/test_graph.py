@@ -320,3 +320,35 @@ def test_each_maps_node_against_a_direct_computation(capture, tmp_path):
         np.testing.assert_allclose(cba, apply_chain(raw, ["normalize", "cba"]), atol=1e-6)
         np.testing.assert_array_equal(thr, np.where(cba < 0.3, 0, cba))
     assert stack["threshold"].manifest.schema_version == stack["base"].manifest.schema_version != ""
+
+
+def test_a_chain_the_capture_cannot_serve_is_refused_before_anything_is_written(capture, tmp_path, capsys):
+    """A capture that stored only some reductions: a chain whose base method needs another fails in one line,
+    naming what is missing and the capture that serves it; a --store-grads capture would derive it."""
+    from schemas.manifest import read_manifest
+    from stages.graph import check_capture_serves
+
+    store, data = capture
+    config = read_manifest(store).config
+    limited = {**config, "reductions": ["alpha"], "store_grads": False}
+    check_capture_serves(limited, [get_preset("gradcam")], store)  # alpha is there
+    with pytest.raises(DcamError, match=r"chain 'tam-like': base method 'gradcam-pp' needs the gradient "
+                                        r"reduction\(s\) \['alpha_pp'\].*dcam capture --methods gradcam-pp"):
+        check_capture_serves(limited, [get_preset("gradcam"), as_chain({"name": "tam-like", "base": "gradcam-pp",
+                                                                          "modules": []})], store)
+    check_capture_serves({**limited, "store_grads": True}, [get_preset("gradcam-pp")], store)  # derivable
+    check_capture_serves({k: v for k, v in limited.items() if k != "reductions"}, [get_preset("gradcam-pp")], store)
+
+
+def test_explain_exits_3_naming_the_samples_it_could_not_explain(capture, tmp_path, capsys):
+    from flows.cli import main
+
+    store, data = capture
+    try:
+        main(["explain", str(store), "--preset", "gradcam", "--out", str(tmp_path / "ex"), "--layers", "2"])
+        rc = 0
+    except SystemExit as e:
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 3
+    assert "gradcam: 3 sample(s) failed; first: " in err and "layers [2] were not captured (captured: [1])" in err
