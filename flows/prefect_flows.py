@@ -64,7 +64,7 @@ def _explain_key(context, parameters) -> str:
     ds = dataset_digest(parameters["dataset"]) if parameters.get("dataset") else None
     return "explain-" + digest_json({
         "capture": cap, "chains": chains, "explain": cfg.explain.model_dump(), "score": cfg.score,
-        "tam_resize": cfg.tam_resize,
+        "tam_resize": cfg.tam_resize, "only": parameters.get("only"), "start": parameters.get("start"),
         "shard": parameters["shard"], "dataset": ds, "code": code_version(),
     })[:32]
 

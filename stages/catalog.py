@@ -133,8 +133,10 @@ def materialize(root: "ArtifactRoot | str | Path", stage: str, version: str, con
     kind : str, optional
         The artifact kind checked on reuse.
     force : bool
-        Recompute even when the output exists (``--from`` / ``--only``); the new output replaces the old one
-        atomically.
+        Recompute even when the output exists (``--from`` / ``--only``). An unchanged result leaves the
+        published artifact as it is; a changed one (code changed without a version bump) replaces it by two
+        renames, never leaving the path empty, and is refused at a URL root, whose other mirrors could not
+        notice the replacement.
 
     Returns
     -------
@@ -159,8 +161,16 @@ def materialize(root: "ArtifactRoot | str | Path", stage: str, version: str, con
     with temporary_dir(final) as tmp:
         try:
             manifest = compute(tmp)
-            if force and final.exists():
-                shutil.rmtree(final, ignore_errors=True)
+            if force and is_done(final, kind):
+                old = read_manifest(final).content_digest
+                if old == manifest.content_digest:  # recomputed, same content: the published one stays
+                    return StageResult(stage, str(final), "computed", old, time.perf_counter() - t0)
+                if ar.remote:
+                    raise DcamError(f"{stage}: the recomputed output differs from the one published at {final} "
+                                    "under the same key (the code changed without a version bump); other "
+                                    "mirrors cannot see a replacement, so bump the stage's version instead")
+                _swap(tmp, final)  # never a moment without an artifact at the final path
+                return StageResult(stage, str(final), "computed", manifest.content_digest, time.perf_counter() - t0)
             try:
                 os.rename(tmp, final)
             except OSError:
@@ -172,10 +182,22 @@ def materialize(root: "ArtifactRoot | str | Path", stage: str, version: str, con
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
-    if ar.publish(final, replace=force) is False and ar.remote and status == "computed" and not force:
+    if ar.publish(final) is False and ar.remote and status == "computed":
         status = "cached"  # another run uploaded it while this one computed it
     return StageResult(stage, str(final), status, manifest.content_digest,
                        time.perf_counter() - t0 if status == "computed" else 0.0)
+
+
+def _swap(new: Path, final: Path) -> None:
+    """Replace the artifact at ``final`` by ``new``: the old one is renamed aside first, then removed."""
+    aside = final.parent / f".{final.name}.replaced-{os.getpid()}-{time.monotonic_ns()}"
+    os.rename(final, aside)
+    try:
+        os.rename(new, final)
+    except OSError:
+        os.rename(aside, final)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def write_run_record(root: "ArtifactRoot | str | Path", record) -> Path:

@@ -46,6 +46,11 @@ class Chain(BaseModel):
         if not isinstance(data, Mapping):
             return data
         data = dict(data)
+        params = data.get("params")
+        if params is not None and not (isinstance(params, Mapping)
+                                       and all(isinstance(p, Mapping) for p in params.values())):
+            raise ValueError(f"chain {data.get('name')!r}: params must map each module to its parameters "
+                             f"({{module: {{param: value}}}}), got {params!r}")
         preset = data.pop("preset", None)
         if preset is None:
             if data.get("base") is None or data.get("modules") is None:
@@ -54,6 +59,8 @@ class Chain(BaseModel):
             return {k: v for k, v in data.items() if v is not None}
         from stages.presets import get_preset
 
+        if not data.get("name"):
+            raise ValueError(f"a chain that starts from preset {preset!r} needs its own 'name'")
         start = get_preset(str(preset))
         given = data.pop("params", None) or {}
         merged = {m: dict(p) for m, p in start.params.items()}

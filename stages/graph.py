@@ -16,8 +16,10 @@ Explain runs one path, whichever command starts it:
 Slicing (``--only STAGE`` / ``--from STAGE``, as Kedro's ``--nodes`` / ``--from-nodes``): STAGE is a node name
 (``select``, ``base``, ``refine``, ``threshold``, ``score``) or a module name (``akd``, ``cba``, ...), which
 names that module's refine node. ``--from`` recomputes STAGE and every node after it in each chain, even when
-their outputs exist; ``--only`` recomputes STAGE alone. Either way the outputs upstream of STAGE must exist
-(they are reused), else the run stops in one line before anything is written.
+their outputs exist; ``--only`` recomputes STAGE alone (the nodes after it are reused when its output did not
+change, so ``run.json`` always names each chain's final maps and scores). Either way the outputs upstream of
+STAGE must exist (they are reused), else the run stops in one line before anything is written. A chain that
+does not run STAGE is walked as usual.
 """
 
 from __future__ import annotations
@@ -195,36 +197,68 @@ def _matches(step: Step, name: str) -> bool:
     return name in (step.node, step.stage)
 
 
-def walk_chain(root: ArtifactRoot, chain_steps_: list[Step], external: dict[str, tuple[str, str]], *,
-               only: str | None = None, start: str | None = None) -> list[StageResult]:
+def _inputs(step: Step, done: dict[str, StageResult], external: dict[str, tuple[str, str]]):
+    paths = {name: (external[src][0] if src in external else done[src].path) for name, src in step.sources.items()}
+    digests = {name: (external[src][1] if src in external else done[src].content_digest)
+               for name, src in step.sources.items()}
+    return paths, digests
+
+
+def lookup_upstream(root: ArtifactRoot, steps: list[Step], external: dict[str, tuple[str, str]],
+                    name: str, flag: str) -> dict[str, StageResult]:
+    """The existing outputs of the steps before the one named ``name`` (none when the chain does not run it).
+
+    Raises
+    ------
+    DcamError
+        When one of them does not exist (``flag`` is ``--only`` or ``--from``, for the message).
+    """
+    if not any(_matches(s, name) for s in steps):
+        return {}
+    done: dict[str, StageResult] = {}
+    for step in steps:
+        if _matches(step, name):
+            break
+        node = NODES[step.node]
+        _paths, digests = _inputs(step, done, external)
+        res = lookup(root, step.stage, node.version, step.config, digests, kind=node.output)
+        if res is None:
+            raise DcamError(f"{flag} {name}: the {step.stage!r} output it reads does not exist yet; run without "
+                            "--only/--from first")
+        done[step.stage] = res
+    return done
+
+
+def walk_chain(root: ArtifactRoot, steps: list[Step], external: dict[str, tuple[str, str]], *,
+               only: str | None = None, start: str | None = None,
+               upstream: dict[str, StageResult] | None = None) -> list[StageResult]:
     """Run a chain's steps in order through the catalog.
 
-    ``external`` maps ``capture`` / ``dataset`` to (path, content digest). With ``only`` / ``start`` the steps
-    before the named one are looked up and must exist; the named one (and, with ``start``, the ones after it)
-    are recomputed; with ``only`` the steps after it are not run.
+    ``external`` maps ``capture`` / ``dataset`` to (path, content digest). Without slicing every step is
+    reused when its output exists and computed otherwise. With ``only`` / ``start`` the steps before the named
+    one are the ``upstream`` outputs (:func:`lookup_upstream`, which must have found them all); the named step
+    (with ``start``: and every step after it) is recomputed even when its output exists; with ``only`` the
+    steps after it are walked as usual (reused when the recomputed output is unchanged). A chain that does not
+    run the named step is walked as usual.
     """
+    name = only or start
+    if name is not None and upstream is None:
+        upstream = lookup_upstream(root, steps, external, name, "--only" if only else "--from")
     done: dict[str, StageResult] = {}
     results = []
     forcing = False
-    sliced = only is not None or start is not None
-    for step in chain_steps_:
-        node = NODES[step.node]
-        paths = {name: (external[src][0] if src in external else done[src].path) for name, src in step.sources.items()}
-        digests = {name: (external[src][1] if src in external else done[src].content_digest)
-                   for name, src in step.sources.items()}
-        hit = (only is not None and _matches(step, only)) or (start is not None and _matches(step, start))
-        forcing = forcing or hit
-        if sliced and not forcing:
-            res = lookup(root, step.stage, node.version, step.config, digests, kind=node.output)
-            if res is None:
-                raise DcamError(f"--{'only' if only else 'from'} {only or start}: the {step.stage!r} output it "
-                                "reads does not exist yet; run without --only/--from first")
-        elif only is not None and not hit:
-            break  # --only: the stages after it are not run
+    for step in steps:
+        hit = name is not None and _matches(step, name)
+        if name is not None and not forcing and not hit and step.stage in (upstream or {}):
+            res = upstream[step.stage]
         else:
+            force = hit or (start is not None and forcing)
+            forcing = forcing or hit
+            node = NODES[step.node]
+            paths, digests = _inputs(step, done, external)
             res = materialize(root, step.stage, node.version, step.config, digests,
                               lambda out, node=node, paths=paths, cfg=step.config: node.run(out, paths, **cfg),
-                              kind=node.output, needs=[p for p in paths.values()], force=sliced and forcing)
+                              kind=node.output, needs=[p for p in paths.values()], force=force)
         done[step.stage] = res
         results.append(res)
     return results
@@ -244,11 +278,17 @@ def explain_shard(root: "ArtifactRoot | str | Path", store: str | Path, chains: 
     external = {"capture": (str(store), cap.content_digest)}
     if dataset is not None:
         external["dataset"] = (str(dataset), dataset_digest(dataset))
+    if (only or start) == "score" and dataset is None:
+        raise DcamError(f"{'--only' if only else '--from'} score: this run scores nothing (give the dataset: --score)")
+    plans = {chain.name: chain_steps(chain, policy=policy, layers=layers, steps=steps, sample_ids=sample_ids,
+                                     scored=dataset is not None, tam_resize=tam_resize) for chain in chains}
+    # slicing: every chain's upstream outputs are looked up first, so a missing one stops the run before any write
+    upstream = {name: lookup_upstream(ar, plan, external, only or start, "--only" if only else "--from")
+                for name, plan in plans.items()} if (only or start) else {}
     out = {}
     for chain in chains:
-        plan = chain_steps(chain, policy=policy, layers=layers, steps=steps, sample_ids=sample_ids,
-                           scored=dataset is not None, tam_resize=tam_resize)
-        out[chain.name] = [r.to_dict() for r in walk_chain(ar, plan, external, only=only, start=start)]
+        out[chain.name] = [r.to_dict() for r in walk_chain(ar, plans[chain.name], external, only=only, start=start,
+                                                           upstream=upstream.get(chain.name))]
         if on_chain:
             on_chain(chain.name)
     return out
@@ -336,11 +376,27 @@ def run_explain(root: "ArtifactRoot | str | Path", store: str | Path, chains: Se
 
 
 def chain_of(run: dict[str, Any], method: str) -> Chain | None:
-    """The chain a run recorded for ``method`` (None for a method with no chain, e.g. ``occlusion``)."""
-    spec = run["presets"][method].get("spec")
-    if spec is None:
-        if method == "occlusion":
-            return None
-        raise DcamError(f"run.json has no chain for {method!r} (written before 2026-11-30); rerun 'dcam explain' "
-                        "(its outputs are reused)")
-    return Chain.model_validate({"name": method, **spec})
+    """The chain a run recorded for ``method`` (None for a method with no chain, e.g. ``occlusion``).
+
+    A ``run.json`` written before the chain was recorded (no ``spec``) is read by rebuilding the chain from
+    its first shard's node configs (the base node was then called ``gradcam``)."""
+    entry = run["presets"][method]
+    if entry.get("spec") is not None:
+        return Chain.model_validate({"name": method, **entry["spec"]})
+    from schemas.manifest import read_manifest
+
+    fields: dict[str, Any] = {"name": method, "modules": [], "params": {}, "profile": "reference"}
+    for s in entry["stages"]:
+        if s.get("shard") not in (None, 0) or s["stage"] in ("select", "score") or s["stage"].startswith("merge"):
+            continue
+        cfg = read_manifest(s["path"]).config
+        if s["stage"] in ("base", "gradcam"):
+            fields.update(base=cfg["method"], base_options=dict(cfg.get("options") or {}))
+        elif s["stage"] == "threshold":
+            fields["threshold"] = float(cfg["threshold"])
+        elif "module" in cfg:
+            fields["modules"].append(cfg["module"])
+            fields["profile"] = cfg.get("profile", fields["profile"])
+            if cfg.get("params"):
+                fields["params"][cfg["module"]] = dict(cfg["params"])
+    return Chain.model_validate(fields) if "base" in fields else None

@@ -96,6 +96,6 @@ PRESETS: dict[str, Chain] = {
 def get_preset(name: str) -> Chain:
     """Look up a preset; ``ValueError`` names it and lists the known presets."""
     try:
-        return PRESETS[name]
+        return PRESETS[name].model_copy(deep=True)  # a copy: a caller that edits its dicts cannot change the preset
     except KeyError:
         raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}") from None

@@ -209,9 +209,13 @@ def test_one_path_slicing_and_run_record(capture, tmp_path):
     assert [r["path"] for r in res["diffusion-cam-reference"]] == \
         [s["path"] for s in first["presets"]["diffusion-cam-reference"]["stages"]]
 
-    # --only base: that node alone, in every chain; the stages after it are not run
+    # --only base: that node alone is recomputed in every chain; the stages after it are reused (unchanged input)
     res = explain_shard(tmp_path, store, chains, dataset=data, only="base")
-    assert _status(res["gradcam"]) == {"select": "cached", "base": "computed"}
+    assert _status(res["gradcam"]) == {"select": "cached", "base": "computed", "normalize": "cached",
+                                       "score": "cached"}
+    assert [r["path"] for r in res["gradcam"]] == [s["path"] for s in first["presets"]["gradcam"]["stages"]]
+    with pytest.raises(DcamError, match="--only score: this run scores nothing"):
+        explain_shard(tmp_path, store, chains, only="score")
 
     # slicing where the upstream outputs are missing stops before writing anything
     fresh = tmp_path / "fresh"
@@ -352,3 +356,52 @@ def test_explain_exits_3_naming_the_samples_it_could_not_explain(capture, tmp_pa
     err = capsys.readouterr().err
     assert rc == 3
     assert "gradcam: 3 sample(s) failed; first: " in err and "layers [2] were not captured (captured: [1])" in err
+
+
+@pytest.mark.parametrize("entry, error", [
+    ({"preset": "llava-cam", "threshold": 0.3}, "needs its own 'name'"),
+    ({"name": "x", "preset": "tam", "params": {"rank-filter": None}}, "params must map each module"),
+    ({"name": "x", "preset": "tam", "params": [1]}, "params must map each module"),
+])
+def test_config_chain_mistakes_are_one_line(entry, error):
+    with pytest.raises(DcamError, match=error):
+        as_chain(entry)
+
+
+def test_presets_cannot_be_changed_through_what_get_preset_returns():
+    get_preset("tam").params["rank-filter"]["size"] = 99
+    assert get_preset("tam").params == {"rank-filter": {"size": 3}}
+
+
+def test_forced_recompute_keeps_an_unchanged_artifact_and_swaps_a_changed_one(tmp_path):
+    from schemas.manifest import ARTIFACT_SCHEMA_VERSIONS, StageManifest, digest_files, write_manifest
+    from stages.catalog import materialize
+
+    def writer(text):
+        def compute(out):
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "x.txt").write_text(text)
+            m = StageManifest(kind="maps", schema_version=ARTIFACT_SCHEMA_VERSIONS["maps"], stage="t",
+                              stage_version="1", content_digest=digest_files(out))
+            write_manifest(out, m)
+            return m
+        return compute
+
+    first = materialize(tmp_path, "t", "1", {}, {}, writer("a"))
+    same = materialize(tmp_path, "t", "1", {}, {}, writer("a"), force=True)
+    assert (same.status, same.path, same.content_digest) == ("computed", first.path, first.content_digest)
+    changed = materialize(tmp_path, "t", "1", {}, {}, writer("b"), force=True)  # code changed, no version bump
+    assert changed.path == first.path and changed.content_digest != first.content_digest
+    assert (Path(first.path) / "x.txt").read_text() == "b"
+    assert sorted(p.name for p in Path(first.path).parent.iterdir()) == [Path(first.path).name]  # nothing left aside
+
+
+def test_chain_of_a_run_written_before_chains_were_recorded(capture, tmp_path):
+    from stages.graph import chain_of
+
+    store, data = capture
+    chain = get_preset("tam").renamed("mine", params={"rank-filter": {"size": 5}}, threshold=0.2)
+    run = run_explain(tmp_path, store, [chain])
+    assert chain_of(run, "mine").key() == chain.key()
+    del run["presets"]["mine"]["spec"]  # as an older run.json
+    assert chain_of(run, "mine").key() == chain.key()
