@@ -34,14 +34,12 @@ def artifact_root(cfg: RunConfig) -> ArtifactRoot:
 def resolve_chains(cfg: RunConfig) -> list[Chain]:
     """Presets, custom chains and the sweep grid of a config, as chains (unique names)."""
     from stages.chain import as_chain, sweep_chains
+    from stages.graph import check_unique_names
 
     chains = [as_chain(n) for n in cfg.explain.presets] + list(cfg.explain.chains)
     if cfg.sweep is not None:
         chains += sweep_chains(cfg.sweep.base, cfg.sweep.grid)
-    names = [c.name for c in chains]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise DcamError(f"explain: chain names must be unique; repeated: {dup}")
+    check_unique_names(chains)
     return chains
 
 
@@ -205,15 +203,14 @@ def faithfulness_stage(root, run: dict[str, Any], *, config, methods=None, devic
     Loads the captured model (under the device lock) only when a stage is not cached; updates ``run.json``
     and ``ROOT/summary.csv`` (plausibility and faithfulness per method). Returns ``{"summary": summary.json}``.
     """
-    from schemas.capture import CaptureStore
     from schemas.run import RunRecord
     from schemas.storage import as_root
     from stages.capture.run import model_digest
-    from stages.catalog import write_run_record
+    from stages.catalog import capture_manifest, write_run_record
     from stages.faithfulness.run import faithfulness_for_run, load_summary
 
     ar = as_root(root)
-    spec = CaptureStore.open(ar.fetch(run["store"])).config.get("model", "toy")
+    spec = capture_manifest(run["store"], ar).config.get("model", "toy")  # the manifest, not the whole store
     lock = contextlib.ExitStack()
 
     def load():

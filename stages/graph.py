@@ -236,20 +236,20 @@ def walk_chain(root: ArtifactRoot, steps: list[Step], external: dict[str, tuple[
 
     ``external`` maps ``capture`` / ``dataset`` to (path, content digest). Without slicing every step is
     reused when its output exists and computed otherwise. With ``only`` / ``start`` the steps before the named
-    one are the ``upstream`` outputs (:func:`lookup_upstream`, which must have found them all); the named step
+    one are the ``upstream`` outputs (:func:`lookup_upstream`, run by the caller for every chain before any
+    write, which must have found them all); the named step
     (with ``start``: and every step after it) is recomputed even when its output exists; with ``only`` the
     steps after it are walked as usual (reused when the recomputed output is unchanged). A chain that does not
     run the named step is walked as usual.
     """
     name = only or start
-    if name is not None and upstream is None:
-        upstream = lookup_upstream(root, steps, external, name, "--only" if only else "--from")
+    upstream = upstream or {}
     done: dict[str, StageResult] = {}
     results = []
     forcing = False
     for step in steps:
         hit = name is not None and _matches(step, name)
-        if name is not None and not forcing and not hit and step.stage in (upstream or {}):
+        if name is not None and not forcing and not hit and step.stage in upstream:
             res = upstream[step.stage]
         else:
             force = hit or (start is not None and forcing)
@@ -353,6 +353,14 @@ def finish_run(root: "ArtifactRoot | str | Path", store: str | Path, chains: Seq
     return record.to_dict()
 
 
+def check_unique_names(chains: Sequence[Chain]) -> None:
+    """Refuse two chains of one run with the same name (their artifacts and run.json entries would collide)."""
+    names = [c.name for c in chains]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise DcamError(f"explain: chain names must be unique; repeated: {dup}")
+
+
 def run_explain(root: "ArtifactRoot | str | Path", store: str | Path, chains: Sequence[Chain], *,
                 policy: str = "unmask-step", layers: Sequence[int] | None = None,
                 steps: Sequence[int] | None = None, dataset: str | Path | None = None, tam_resize: str = "uint8",
@@ -363,10 +371,7 @@ def run_explain(root: "ArtifactRoot | str | Path", store: str | Path, chains: Se
     The one explain path: ``dcam explain``, ``dcam demo``, ``dcam run`` and the Prefect flows run these same
     nodes with the same keys, so their artifacts are shared.
     """
-    names = [c.name for c in chains]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise DcamError(f"explain: chain names must be unique; repeated: {dup}")
+    check_unique_names(chains)
     parts = list(shards) if shards is not None else [None]
     results = [explain_shard(root, store, chains, policy=policy, layers=layers, steps=steps, dataset=dataset,
                              sample_ids=part, tam_resize=tam_resize, only=only, start=start, on_chain=on_chain)
